@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 host for banger (as root): host packages, a virtual environment in .venv, the package.
+#   scripts/setup.sh          runtime set-up
+#   scripts/setup.sh --test   also the test tools (pytest, ruff, mypy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  python3 python3-venv git openssh-client ca-certificates iproute2 nftables kmod
+  qemu-system-x86 qemu-utils e2fsprogs mmdebstrap debian-archive-keyring gpgv
+  busybox-static util-linux tmux dnsutils
+)
+TEST_PACKAGES=(skopeo docker-registry)
+
+want=("${PACKAGES[@]}")
+[[ "${1:-}" == "--test" ]] && want+=("${TEST_PACKAGES[@]}")
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# docker-registry's package starts a registry on :5000; tests run their own on loopback ports.
+if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+if [[ "${1:-}" == "--test" ]]; then
+  .venv/bin/pip install -q -e '.[test]'
+else
+  .venv/bin/pip install -q -e .
+fi
+echo "setup: banger $(.venv/bin/banger --version | awk '{print $NF}') installed in $(pwd)/.venv" >&2

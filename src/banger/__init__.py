@@ -1,0 +1,20 @@
+"""banger: one-command development sandboxes on real microVMs.
+
+Map of the package (a request reads top to bottom):
+
+- ``cli``       click commands, one module per noun; parse, call the client, render.
+- ``client``    one typed method per RPC; starts ``bangerd`` on first use.
+- ``api``       the wire schema shared by client and daemon (method names, params, results).
+- ``rpc``       JSON-RPC 2.0 framing over a Unix socket.
+- ``errors``    the exception tree and its JSON-RPC codes.
+- ``config`` / ``paths``   the only readers of the environment.
+- ``daemon``    ``bangerd``: composition root, the RPC table, services, locks, operations.
+- ``store``     SQLite state with versioned migrations.
+- ``host``      adapters for external systems (subprocesses, VMMs, network, storage).
+- ``guest``     talking to guests (SSH).
+- ``kernels`` / ``images`` / ``workspace``   formats and pure logic of each.
+- ``doctor``    read-only host diagnostics.
+- ``testing``   helpers the test suite uses (daemon runner, network namespaces).
+"""
+
+__version__ = "0.1.0"

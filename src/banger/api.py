@@ -1,0 +1,254 @@
+"""The wire schema: every RPC method name with its params and result models, shared by client and daemon.
+
+Fields are snake_case; each carries a comment with an example value. The daemon's METHODS table maps
+each name below to a handler; the client has one method per name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from banger.model import VM, Image, Kernel, Operation, RuntimeChoice
+
+
+class Params(BaseModel):
+    """Base for request params: unknown fields are refused so typos fail loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Empty(Params):
+    pass
+
+
+class Ok(Result):
+    ok: bool = True
+
+
+# --- daemon -------------------------------------------------------------------------------------------
+
+
+class PingResult(Result):
+    version: str  # e.g. "0.1.0"
+    pid: int  # e.g. 4242
+    started_at: datetime
+    socket: str  # e.g. "/run/banger/bangerd.sock"
+    state_dir: str  # e.g. "/var/lib/banger"
+
+
+class DaemonStatus(PingResult):
+    vms: dict[str, int] = Field(default_factory=dict)  # state -> count, e.g. {"running": 2}
+    images: int = 0
+    kernels: int = 0
+    operations_running: int = 0
+    schema_version: int = 0
+
+
+class OperationRef(Params):
+    id: str  # e.g. "op-5d1c9e"
+
+
+class OperationWait(Params):
+    id: str
+    timeout: float = Field(10.0, ge=0, le=300)  # seconds to wait for the operation to end
+
+
+class OperationList(Result):
+    operations: list[Operation]
+
+
+# --- VMs ----------------------------------------------------------------------------------------------
+
+
+class VMRef(Params):
+    ref: str  # VM name or id, e.g. "dev"
+
+
+class VMRefs(Params):
+    refs: list[str] = Field(min_length=1)  # e.g. ["dev", "ci-1"]
+
+
+class VMList(Result):
+    vms: list[VM]
+
+
+class VMCreate(Params):
+    name: str | None = None  # e.g. "dev"; generated when omitted
+    image: str | None = None  # default: config.default_image_name
+    kernel: str | None = None  # default: the image's kernel_ref
+    runtime: RuntimeChoice | None = None  # default: config.runtime
+    vcpu: int | None = Field(None, ge=1, le=64)
+    memory_mib: int | None = Field(None, ge=128, le=262144)
+    disk_size: str | None = None  # e.g. "16G"
+    nat: bool = False
+    start: bool = True  # False = create stopped (`--no-start`)
+
+
+class VMSet(Params):
+    ref: str
+    vcpu: int | None = Field(None, ge=1, le=64)
+    memory_mib: int | None = Field(None, ge=128, le=262144)
+    disk_size: str | None = None  # grow only, VM must be stopped
+    nat: bool | None = None
+
+
+class VMLogs(Params):
+    ref: str
+    offset: int = 0  # byte offset into console.log to read from
+    max_bytes: int = Field(1 << 20, ge=1, le=16 << 20)
+
+
+class VMLogsResult(Result):
+    data: str  # console text from offset
+    offset: int  # next offset
+
+
+class VMStats(Result):
+    ref: str
+    stats: dict[str, Any]
+
+
+class FanOutResult(Result):
+    """Per-VM outcome of a command that took several refs, in the order given."""
+
+    results: list[dict[str, Any]]  # {"ref": "dev", "ok": true, "vm": {...}} or {"ref", "ok": false, "error": {...}}
+
+
+class OperationStarted(Result):
+    operation: Operation
+
+
+# --- images -------------------------------------------------------------------------------------------
+
+
+class ImageList(Result):
+    images: list[Image]
+
+
+class ImageRef(Params):
+    name: str  # e.g. "debian-bookworm"
+
+
+class ImageBuild(Params):
+    name: str = "debian-bookworm"
+    force: bool = False  # rebuild even if the image exists
+
+
+class ImagePull(Params):
+    source: str  # catalog name, URL, local .tar.zst path, or REGISTRY/REPO:TAG
+    name: str | None = None  # register under this name
+    sha256: str | None = None  # expected sha256 of a bundle
+    force: bool = False
+    insecure: bool = False  # plain HTTP registry
+
+
+class ImageExport(Params):
+    name: str
+    output: str  # file or directory path on the daemon's host
+
+
+class ImageRegister(Params):
+    name: str
+    rootfs: str  # path to an ext4 file
+    kernel_ref: str | None = None
+    kernel: str | None = None  # vmlinux path (an imported kernel named after the image is made)
+    initrd: str | None = None
+
+
+class ImagePromote(Params):
+    name: str  # make this image the default for new VMs
+
+
+class CachePrune(Params):
+    dry_run: bool = False
+
+
+class CachePruneResult(Result):
+    removed: list[dict[str, Any]]  # [{"path": "...", "size": 123}]
+    bytes: int
+
+
+# --- kernels ------------------------------------------------------------------------------------------
+
+
+class KernelListParams(Params):
+    available: bool = False  # also list catalog entries not yet pulled
+
+
+class KernelList(Result):
+    kernels: list[Kernel]
+    available: list[dict[str, Any]] = Field(default_factory=list)  # catalog entries
+
+
+class KernelRef(Params):
+    name: str  # e.g. "debian-6.1"
+
+
+class KernelPull(Params):
+    name: str
+    force: bool = False
+
+
+class KernelImport(Params):
+    name: str
+    vmlinux: str  # path on the daemon's host
+    initrd: str | None = None
+
+
+# --- doctor -------------------------------------------------------------------------------------------
+
+
+class Check(Result):
+    name: str  # e.g. "qemu"
+    status: str  # PASS | WARN | FAIL
+    detail: str  # what was found
+    fix: str = ""  # how to fix it
+    required: bool = True
+
+
+class DoctorResult(Result):
+    checks: list[Check]
+
+
+METHOD_NAMES = (
+    "daemon.ping",
+    "daemon.status",
+    "daemon.shutdown",
+    "daemon.operations.list",
+    "operation.get",
+    "operation.wait",
+    "operation.cancel",
+    "vm.list",
+    "vm.show",
+    "vm.create",
+    "vm.start",
+    "vm.stop",
+    "vm.restart",
+    "vm.kill",
+    "vm.delete",
+    "vm.prune",
+    "vm.set",
+    "vm.logs",
+    "vm.stats",
+    "image.list",
+    "image.show",
+    "image.build",
+    "image.pull",
+    "image.export",
+    "image.register",
+    "image.promote",
+    "image.delete",
+    "image.cache.prune",
+    "kernel.list",
+    "kernel.show",
+    "kernel.pull",
+    "kernel.rm",
+    "kernel.import",
+)

@@ -1,0 +1,12 @@
+"""``banger``: the command line. Thin: parse, call the daemon through the client, render.
+
+- ``main``      the root group, error handling (banger errors -> one or two lines + exit code).
+- ``context``   lazily connects the client (auto-starting bangerd).
+- ``render``    tables for people, ``--json`` for scripts.
+- ``progress``  polls a daemon operation and draws its stages.
+- ``vm`` / ``image`` / ``kernel`` / ``daemon`` / ``doctor``   one module per noun.
+"""
+
+from banger.cli.main import main
+
+__all__ = ["main"]

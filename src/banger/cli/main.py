@@ -1,0 +1,56 @@
+"""The root ``banger`` group and the one place errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from banger import __version__
+from banger.cli import render
+from banger.cli.context import Context
+from banger.errors import BangerError
+
+
+class BangerGroup(click.Group):
+    """Turns banger errors into one or two lines on stderr and the error's exit code; no tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BangerError as exc:
+            render.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+            if exc.hint:
+                render.err.print(f"  hint: {exc.hint}", markup=False)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            render.err.print("interrupted")
+            sys.exit(130)
+
+
+@click.group(cls=BangerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="banger")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """banger: one-command development sandboxes on real microVMs."""
+    state = ctx.ensure_object(Context)
+    ctx.call_on_close(state.close)
+
+
+def _register() -> None:
+    from banger.cli import daemon, doctor, image, kernel, vm
+
+    cli.add_command(vm.vm)
+    cli.add_command(vm.ps)
+    cli.add_command(image.image)
+    cli.add_command(kernel.kernel)
+    cli.add_command(daemon.daemon)
+    cli.add_command(doctor.doctor)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="banger")

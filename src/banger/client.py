@@ -1,0 +1,197 @@
+"""The client library: one typed method per RPC, over the daemon's Unix socket.
+
+``Client.connect(layout)`` finds the daemon, starting ``bangerd`` on first use and replacing one that runs
+a different version (a version handshake through ``daemon.ping``). Calls are synchronous: the CLI has no
+event loop, and a blocking socket keeps a round trip to a few syscalls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import sys
+import time
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from banger import __version__, api, rpc
+from banger.errors import DaemonUnavailable, ProtocolError, from_rpc_error
+from banger.host.run import spawn_detached
+from banger.model import VM, Image, Kernel, Operation
+from banger.paths import Layout
+
+T = TypeVar("T", bound=BaseModel)
+START_TIMEOUT = 20.0
+
+
+class Client:
+    """A connection to bangerd; use :meth:`connect` rather than the constructor."""
+
+    def __init__(self, layout: Layout, sock: socket.socket):
+        self.layout = layout
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._ids = itertools.count(1)
+
+    # --- connecting ---------------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, layout: Layout, *, autostart: bool = True, expect_version: str = __version__) -> Client:
+        """A client for a daemon of ``expect_version``, starting or restarting bangerd as needed."""
+        client = cls._try_connect(layout)
+        if client is None:
+            if not autostart:
+                raise DaemonUnavailable(f"bangerd is not running (no answer on {layout.socket})",
+                                        hint="any banger command starts it, e.g. `banger daemon status`")
+            return cls._start(layout)
+        if not autostart:
+            return client
+        running = client.ping()
+        if running.version == expect_version:
+            return client
+        client.shutdown()
+        client.close()
+        cls.wait_gone(layout, running.pid)
+        return cls._start(layout)
+
+    @classmethod
+    def _try_connect(cls, layout: Layout) -> Client | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(layout.socket))
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            return None
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailable(f"cannot connect to {layout.socket}: {exc}") from exc
+        return cls(layout, sock)
+
+    @classmethod
+    def _start(cls, layout: Layout) -> Client:
+        layout.ensure()
+        pid = spawn_detached([sys.executable, "-m", "banger.daemon"], log_path=layout.daemon_stdio_log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            client = cls._try_connect(layout)
+            if client is not None:
+                return client
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.02)
+        raise DaemonUnavailable(
+            f"bangerd did not start: {_tail(layout.daemon_stdio_log) or 'no output'}",
+            hint=f"see {layout.daemon_stdio_log} and {layout.daemon_log}",
+        )
+
+    @staticmethod
+    def wait_gone(layout: Layout, pid: int, timeout: float = 15.0) -> None:
+        """Wait until daemon ``pid`` has exited and its socket is gone."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not layout.socket.exists() and not _pid_alive(pid):
+                return
+            time.sleep(0.02)
+        raise DaemonUnavailable(f"the old bangerd did not stop within {timeout:g}s",
+                                hint=f"stop it by hand (pid in {layout.pid_file}) and retry")
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- calling ------------------------------------------------------------------------------------
+
+    def call(self, method: str, params: BaseModel | dict[str, Any] | None = None) -> Any:
+        """Send one request and return its result; daemon errors are raised as banger exceptions."""
+        if isinstance(params, BaseModel):
+            params = params.model_dump(mode="json", exclude_none=True)
+        req_id = next(self._ids)
+        try:
+            try:
+                self._sock.sendall(rpc.encode(rpc.request(method, params, req_id)))
+            except BrokenPipeError:
+                pass  # a refusing daemon answers and closes at once: its answer is still there to read
+            line = self._file.readline()
+        except OSError as exc:
+            raise DaemonUnavailable(f"lost the connection to bangerd during {method}: {exc}") from exc
+        if not line:
+            raise DaemonUnavailable(f"bangerd closed the connection during {method}",
+                                    hint="`banger daemon logs` may say why")
+        try:
+            reply = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"bangerd sent a malformed reply to {method}") from exc
+        if "error" in reply:
+            raise from_rpc_error(reply["error"])
+        return reply.get("result")
+
+    def _typed(self, model: type[T], method: str, params: BaseModel | dict[str, Any] | None = None) -> T:
+        return model.model_validate(self.call(method, params))
+
+    # --- daemon -------------------------------------------------------------------------------------
+
+    def ping(self) -> api.PingResult:
+        return self._typed(api.PingResult, "daemon.ping")
+
+    def status(self) -> api.DaemonStatus:
+        return self._typed(api.DaemonStatus, "daemon.status")
+
+    def shutdown(self) -> None:
+        self.call("daemon.shutdown")
+
+    def operations(self) -> list[Operation]:
+        return self._typed(api.OperationList, "daemon.operations.list").operations
+
+    def operation(self, op_id: str) -> Operation:
+        return self._typed(Operation, "operation.get", api.OperationRef(id=op_id))
+
+    def operation_wait(self, op_id: str, timeout: float = 10.0) -> Operation:
+        return self._typed(Operation, "operation.wait", api.OperationWait(id=op_id, timeout=timeout))
+
+    def operation_cancel(self, op_id: str) -> Operation:
+        return self._typed(Operation, "operation.cancel", api.OperationRef(id=op_id))
+
+    # --- VMs ----------------------------------------------------------------------------------------
+
+    def vm_list(self) -> list[VM]:
+        return self._typed(api.VMList, "vm.list").vms
+
+    def vm_show(self, ref: str) -> VM:
+        return self._typed(VM, "vm.show", api.VMRef(ref=ref))
+
+    # --- images and kernels -------------------------------------------------------------------------
+
+    def image_list(self) -> list[Image]:
+        return self._typed(api.ImageList, "image.list").images
+
+    def image_show(self, name: str) -> Image:
+        return self._typed(Image, "image.show", api.ImageRef(name=name))
+
+    def kernel_list(self, available: bool = False) -> api.KernelList:
+        return self._typed(api.KernelList, "kernel.list", api.KernelListParams(available=available))
+
+    def kernel_show(self, name: str) -> Kernel:
+        return self._typed(Kernel, "kernel.show", api.KernelRef(name=name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tail(path: Any, lines: int = 3) -> str:
+    try:
+        return " | ".join(open(path, errors="replace").read().strip().splitlines()[-lines:])
+    except OSError:
+        return ""

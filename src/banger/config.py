@@ -1,0 +1,193 @@
+"""``config.toml``: every key optional, each default documented here, errors naming the key.
+
+Example (all values shown are the defaults)::
+
+    log_level = "info"                 # debug | info | warning | error
+    runtime = "auto"                   # auto | firecracker | qemu
+    firecracker_bin = "firecracker"    # path or name on PATH
+    qemu_bin = "qemu-system-x86_64"
+    default_image_name = "debian-bookworm"
+    default_kernel = "debian-6.1"
+    bridge_name = "banger0"
+    bridge_ip = "172.30.0.1"
+    cidr = "172.30.0.0/24"             # guests get addresses from here
+    tap_pool_size = 2                  # idle TAPs kept ready
+    default_dns = "1.1.1.1"            # resolver written into guests
+    auto_stop_stale_after = "0"        # e.g. "8h"; 0 disables the stale reaper
+    ssh_key_path = ""                  # default: <state>/ssh/id_ed25519
+    debian_mirror = "http://deb.debian.org/debian"   # kernels, busybox and golden images come from here
+
+    [vm_defaults]
+    vcpu = 2
+    memory_mib = 1024
+    disk_size = "8G"                   # work disk (/root)
+    system_overlay_size = "8G"         # copy-on-write room over the image
+
+    [[file_sync]]                      # copied into every VM's /root at start
+    host = "~/.config/gh/hosts.yml"    # under the owner's home
+    guest = ".config/gh/hosts.yml"     # under /root
+    mode = "0600"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from banger.errors import ConfigError
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes in ``"8G"``, ``"512M"``, ``"1024"`` (bytes) or an int."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("size must not be negative")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size; use a number with K, M, G or T (e.g. 8G)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds in ``"90s"``, ``"30m"``, ``"8h"``, ``"2d"``, or an int."""
+    if isinstance(value, int):
+        return value
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 8h or 2d")
+    return int(m.group(1)) * _SECONDS[m.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VMDefaults(_Strict):
+    vcpu: int = Field(2, ge=1, le=64)
+    memory_mib: int = Field(1024, ge=128, le=256 * 1024)
+    disk_size: str = "8G"
+    system_overlay_size: str = "8G"
+
+    @field_validator("disk_size", "system_overlay_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if parse_size(v) < 64 << 20:
+            raise ValueError("must be at least 64M")
+        return v
+
+
+class FileSync(_Strict):
+    host: str
+    guest: str
+    mode: str = "0600"
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if not re.fullmatch(r"0?[0-7]{3}", v):
+            raise ValueError("must be an octal mode such as 0600")
+        return v
+
+
+class Config(_Strict):
+    """The daemon's and CLI's settings; see the module docstring for every key."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    runtime: Literal["auto", "firecracker", "qemu"] = "auto"
+    firecracker_bin: str = "firecracker"
+    qemu_bin: str = "qemu-system-x86_64"
+    default_image_name: str = "debian-bookworm"
+    default_kernel: str = "debian-6.1"
+    bridge_name: str = Field("banger0", pattern=r"^[a-zA-Z0-9_.-]{1,15}$")
+    bridge_ip: str = "172.30.0.1"
+    cidr: str = "172.30.0.0/24"
+    tap_pool_size: int = Field(2, ge=0, le=64)
+    default_dns: str = "1.1.1.1"
+    auto_stop_stale_after: str = "0"
+    ssh_key_path: str = ""
+    debian_mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://\S+$")
+    vm_defaults: VMDefaults = VMDefaults()
+    file_sync: list[FileSync] = []
+
+    @field_validator("bridge_ip", "default_dns")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.IPv4Address(v)
+        return v
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        net = ipaddress.IPv4Network(v, strict=True)
+        if net.prefixlen > 29:
+            raise ValueError("network is too small; use a /29 or larger")
+        return v
+
+    @field_validator("auto_stop_stale_after")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _bridge_in_cidr(self) -> Config:
+        if ipaddress.IPv4Address(self.bridge_ip) not in ipaddress.IPv4Network(self.cidr):
+            raise ValueError(f"bridge_ip {self.bridge_ip} is not inside cidr {self.cidr}")
+        return self
+
+    @property
+    def stale_after_seconds(self) -> int:
+        return parse_duration(self.auto_stop_stale_after)
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
+        else:
+            parts.append(p)
+    return ".".join(parts) or "(file)"
+
+
+def from_mapping(data: dict[str, object], source: str = "config") -> Config:
+    """Validate a parsed TOML mapping; errors name the offending key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _key_of(tuple(first["loc"]))
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(
+            f"{source}: key {key!r}: {msg}",
+            hint="fix or remove that key; every key is optional and its default is listed in the README",
+            data={"key": key},
+        ) from exc
+
+
+def load(path: Path) -> Config:
+    """Read ``path`` (missing file = all defaults)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", hint="check the file's syntax") from exc
+    return from_mapping(data, str(path))

@@ -1,0 +1,72 @@
+"""ext4 images through e2fsprogs: build from a directory tree without mounting, inspect, check, resize."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from banger.errors import HostError
+from banger.host.run import run
+
+MIN_SIZE = 64 << 20
+
+
+def tree_size(root: Path) -> int:
+    """Apparent bytes under ``root`` plus a per-inode allowance (symlinks not followed)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        total += 4096 * (1 + len(dirnames))
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            total += ((st.st_size + 4095) // 4096) * 4096 + 256
+    return total
+
+
+def size_for_tree(root: Path, *, headroom: float = 0.25, minimum: int = MIN_SIZE) -> int:
+    """An image size that fits ``root`` with ``headroom`` spare, rounded up to 16 MiB."""
+    want = int(tree_size(root) * (1 + headroom)) + (32 << 20)
+    want = max(want, minimum)
+    return (want + (16 << 20) - 1) // (16 << 20) * (16 << 20)
+
+
+async def make_from_tree(tree: Path | None, image: Path, size: int, *, label: str = "") -> None:
+    """Create a sparse ext4 ``image`` of ``size`` bytes holding ``tree`` (owners and modes kept)."""
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(size)
+    argv: list[str | os.PathLike[str]] = ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0"]
+    if label:
+        argv += ["-L", label[:16]]
+    if tree is not None:
+        argv += ["-d", tree]
+    argv += [image]
+    try:
+        await run(argv)
+    except BaseException:
+        image.unlink(missing_ok=True)
+        raise
+
+
+async def debugfs(image: Path, *requests: str) -> str:
+    """Run read-only debugfs requests (``stat /etc/passwd``, ``ls -l /root``) and return the output."""
+    result = await run(["debugfs", "-f", "-", image], input="\n".join(requests).encode())
+    return result.out
+
+
+async def check(image: Path) -> None:
+    """Force a full fsck, repairing what is safe (required before resize2fs)."""
+    result = await run(["e2fsck", "-f", "-y", image], check=False)
+    if result.returncode not in (0, 1):
+        raise HostError(f"e2fsck found errors it could not fix in {image}: {result.err.strip()[-300:]}")
+
+
+async def grow(image: Path, size: int) -> None:
+    """Grow ``image`` to ``size`` bytes (file then filesystem); shrinking is refused by the caller."""
+    await check(image)
+    with open(image, "r+b") as f:
+        f.truncate(size)
+    await run(["resize2fs", image])

@@ -1,0 +1,98 @@
+"""JSON-RPC 2.0 framing over a stream: one JSON object per line, at most MAX_FRAME bytes.
+
+Batches are not supported (each request is one line); oversized lines are drained without being held in
+memory and answered with an error, so one bad client cannot take the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from banger.errors import INVALID_REQUEST, PARSE_ERROR
+
+MAX_FRAME = 16 << 20
+VERSION = "2.0"
+
+
+class FrameTooLarge(Exception):
+    """A line exceeded MAX_FRAME; it has been consumed and discarded."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One frame: compact JSON plus a newline."""
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def request(method: str, params: dict[str, Any] | None, id: int | str | None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": VERSION, "method": method, "params": params or {}}
+    if id is not None:
+        msg["id"] = id
+    return msg
+
+
+def response(id: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": VERSION, "id": id, "result": result}
+
+
+def error_response(id: Any, error: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": VERSION, "id": id, "error": error}
+
+
+def parse_error(detail: str) -> dict[str, Any]:
+    return {"code": PARSE_ERROR, "message": f"parse error: {detail}"}
+
+
+def invalid_request(detail: str) -> dict[str, Any]:
+    return {"code": INVALID_REQUEST, "message": f"invalid request: {detail}"}
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next line without its newline; None at EOF (a trailing partial line counts as a frame)."""
+    try:
+        line = await reader.readuntil(b"\n")
+        return line[:-1]
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial or None
+    except asyncio.LimitOverrunError as exc:
+        await _discard_line(reader, exc.consumed)
+        raise FrameTooLarge() from None
+
+
+async def _discard_line(reader: asyncio.StreamReader, consumed: int) -> None:
+    while True:
+        await reader.readexactly(consumed) if consumed else None
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.IncompleteReadError:
+            return
+        except asyncio.LimitOverrunError as exc:
+            consumed = exc.consumed
+
+
+def decode_request(frame: bytes) -> tuple[Any, str, dict[str, Any], bool]:
+    """(id, method, params, is_notification); raises ValueError with a JSON-RPC error object as arg."""
+    try:
+        msg = json.loads(frame)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(parse_error(str(exc))) from None
+    if isinstance(msg, list):
+        raise ValueError(invalid_request("batch requests are not supported; send one request per line"))
+    if not isinstance(msg, dict):
+        raise ValueError(invalid_request("a request must be a JSON object"))
+    req_id = msg.get("id")
+    if msg.get("jsonrpc") != VERSION:
+        raise ValueError(invalid_request('"jsonrpc" must be "2.0"'), req_id)
+    method = msg.get("method")
+    if not isinstance(method, str) or not method:
+        raise ValueError(invalid_request('"method" must be a non-empty string'), req_id)
+    params = msg.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError(invalid_request('"params" must be an object (named params only)'), req_id)
+    if req_id is not None and not isinstance(req_id, (int, str)) or isinstance(req_id, bool):
+        raise ValueError(invalid_request('"id" must be a string or an integer'), None)
+    return req_id, method, params, "id" not in msg
