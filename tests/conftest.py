@@ -1,0 +1,96 @@
+"""Session fixtures shared by every test tier: expensive artifacts built once, cached by their inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+
+def cache_root() -> Path:
+    """``$BANGER_TEST_CACHE`` (default /var/tmp/banger-test-cache), created."""
+    path = Path(os.environ.get("BANGER_TEST_CACHE", "/var/tmp/banger-test-cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """An exclusive lock so concurrent test runs build a cached artifact once."""
+    with open(cache_root() / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def kernel_inputs_key(entry_json: str) -> str:
+    """A digest of what the default kernel is made from: the catalog entry and banger's kernel code."""
+    h = hashlib.sha256(entry_json.encode())
+    package = resources.files("banger.kernels")
+    for name in sorted(p.name for p in package.iterdir() if p.name.endswith(".py")):
+        h.update(package.joinpath(name).read_bytes())
+    h.update(package.joinpath("files/init").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_default_kernel() -> Path:
+    """Pull the catalog's default kernel into the test cache (once per set of inputs); its directory."""
+    from banger.kernels import catalog, local
+
+    entry = catalog.get_entry(catalog.DEFAULT_KERNEL)
+    kernels_dir = cache_root() / "kernels" / kernel_inputs_key(entry.model_dump_json())
+    target = kernels_dir / entry.name
+    with cache_lock("kernel"):
+        if not (target / "manifest.json").is_file():
+            asyncio.run(local.pull(kernels_dir, entry, force=True, mirror=DEBIAN_MIRROR,
+                                   cache_dir=cache_root() / "debs"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def banger_test_cache() -> Path:
+    """The directory where session artifacts are cached across runs (``$BANGER_TEST_CACHE``)."""
+    return cache_root()
+
+
+@pytest.fixture(scope="session")
+def default_kernel() -> Path:
+    """Directory of the default kernel (vmlinux, initrd.img, modules.ext4, manifest.json), built once."""
+    return build_default_kernel()
+
+
+def build_golden_image() -> Path:
+    """Build the golden image into the test cache (once per set of inputs); its directory.
+
+    Lives in ``$BANGER_TEST_CACHE/golden-image/<inputs hash>``; build_golden's own cache of the
+    mmdebstrap result is ``$BANGER_TEST_CACHE/golden-build``. Tests must treat the image as read-only.
+    """
+    import shutil
+
+    from banger.images.golden import build_golden, inputs_hash
+    from banger.progress import NullReporter
+
+    base = cache_root() / "golden-image"
+    dest = base / inputs_hash(DEBIAN_MIRROR)
+    with cache_lock("golden"):
+        if not (dest / "manifest.json").is_file():
+            for stale in base.iterdir() if base.is_dir() else ():
+                shutil.rmtree(stale, ignore_errors=True)
+            build = build_golden(dest, name="debian-bookworm", mirror=DEBIAN_MIRROR,
+                                 cache_dir=cache_root() / "golden-build", reporter=NullReporter())
+            asyncio.run(build)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def golden_image() -> Path:
+    """Directory of the golden image (rootfs.ext4, work-seed.ext4, manifest.json), built once."""
+    return build_golden_image()
