@@ -1,0 +1,193 @@
+"""``banger image pull``: a container image from an OCI registry turned into a bootable banger image.
+
+Steps: resolve the reference to its linux/amd64 manifest, fetch config and layers into the blob cache,
+flatten the layers into a staging tree, add the boot glue (:mod:`banger.images.oci_boot`), split the
+image's ``/root`` off as the work seed, and build ``rootfs.ext4`` + ``work-seed.ext4`` + ``manifest.json``.
+Everything is staged in a hidden sibling of ``dest`` and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from banger.errors import AlreadyExists, InvalidArgument
+from banger.host.ext4 import make_from_tree, size_for_tree
+from banger.host.http import sha256_file
+from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, write_manifest
+from banger.images.oci_boot import BootPlan, exists, inside, install_glue
+from banger.images.oci_layers import apply_layer
+from banger.images.oci_registry import BlobCache, ImageManifestRef, RegistryClient, parse_reference
+from banger.progress import Reporter
+
+T = TypeVar("T")
+
+
+class _Offset:
+    """Forwards progress with a running base, so several blobs read as one byte count."""
+
+    def __init__(self, reporter: Reporter, base: int, total: int):
+        self.reporter, self.base, self.total = reporter, base, total
+
+    def stage(self, name: str) -> None:
+        self.reporter.stage(name)
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        self.reporter.progress(self.base + done, self.total)
+
+    def log(self, message: str) -> None:
+        self.reporter.log(message)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking ``fn`` in a thread; on cancellation wait for it to stop before re-raising."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+async def pull_oci(
+    ref: str,
+    dest: Path,
+    *,
+    cache_dir: Path,
+    reporter: Reporter,
+    insecure: bool = False,
+    kernel_ref: str = "debian-6.1",
+) -> ImageManifest:
+    """Pull ``ref`` into the image directory ``dest`` (which must not exist) and return its manifest."""
+    parsed = parse_reference(ref, insecure=insecure)
+    if os.path.lexists(dest):
+        raise AlreadyExists(f"{dest} already exists", hint="remove the image first or pick another name")
+    staging = dest.with_name(f".{dest.name}.pull-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        cache = BlobCache(cache_dir)
+        async with RegistryClient(parsed, cache) as registry:
+            reporter.stage(f"resolving {parsed}")
+            image = await registry.resolve()
+            blobs = await fetch_blobs(registry, image, reporter)
+        config = _image_config(blobs[0])
+        manifest = await build(staging, image, blobs[1:], reporter, name=dest.name, kernel_ref=kernel_ref)
+        manifest.extra["oci"] = _oci_facts(str(parsed), image, config)
+        write_manifest(staging / "out", manifest)
+        os.rename(staging / "out", dest)
+        return manifest
+    finally:
+        await in_thread(shutil.rmtree, staging, True)
+
+
+async def fetch_blobs(registry: RegistryClient, image: ImageManifestRef, reporter: Reporter) -> list[Path]:
+    """Config then layers, from the cache or the registry; returns their cached paths in that order."""
+    wanted = [image.config, *image.layers]
+    missing = [d for d in wanted if not registry.cache.has(d.digest)]
+    total = sum(d.size for d in missing)
+    reporter.stage(f"downloading {len(missing)} of {len(wanted)} blobs ({total} bytes)")
+    paths, base = [], 0
+    for desc in wanted:
+        if registry.cache.has(desc.digest):
+            reporter.log(f"blob {desc.digest} reused from the cache")
+        paths.append(await registry.fetch_blob(desc, _Offset(reporter, base, total)))
+        base += desc.size if desc in missing else 0
+    return paths
+
+
+def _image_config(path: Path) -> dict[str, Any]:
+    """The image config JSON; refuses images not built for linux/amd64."""
+    try:
+        config = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise InvalidArgument(f"the image config {path.name} is not valid JSON") from exc
+    if config.get("os", "linux") != "linux" or config.get("architecture", "amd64") != "amd64":
+        raise InvalidArgument(
+            f"the image is built for {config.get('os')}/{config.get('architecture')}, not linux/amd64",
+            hint="banger guests are x86_64: pull the image's linux/amd64 variant",
+        )
+    return dict(config)
+
+
+async def build(
+    staging: Path, image: ImageManifestRef, layers: list[Path], reporter: Reporter, *, name: str, kernel_ref: str
+) -> ImageManifest:
+    """Flatten ``layers`` into ``staging/tree``, add the glue, and write the two disks to ``staging/out``."""
+    tree, seed, out = staging / "tree", staging / "seed", staging / "out"
+    tree.mkdir(mode=0o755)
+    out.mkdir()
+    reporter.stage(f"unpacking {len(layers)} layers")
+    for i, (desc, blob) in enumerate(zip(image.layers, layers, strict=True)):
+        await in_thread(partial(apply_layer, tree, blob, layer=desc.digest, reporter=reporter))
+        reporter.progress(i + 1, len(layers))
+    reporter.stage("adding banger boot glue")
+    plan = await in_thread(install_glue, tree, reporter)
+    await in_thread(_split_work_seed, tree, seed)
+    reporter.stage(f"building {ROOTFS}")
+    await make_from_tree(tree, out / ROOTFS, await in_thread(size_for_tree, tree), label="banger-root")
+    reporter.stage(f"building {WORK_SEED}")
+    await make_from_tree(seed, out / WORK_SEED, await in_thread(size_for_tree, seed), label="banger-work")
+    reporter.stage(f"checksumming {ROOTFS}")
+    return ImageManifest(
+        name=name,
+        distro=_distro(tree),
+        kernel_ref=kernel_ref,
+        source="oci",
+        rootfs_size=(out / ROOTFS).stat().st_size,
+        rootfs_sha256=await in_thread(sha256_file, out / ROOTFS),
+        work_seed_size=(out / WORK_SEED).stat().st_size,
+        extra=_boot_facts(plan),
+    )
+
+
+def _split_work_seed(tree: Path, seed: Path) -> None:
+    """Move the image's ``/root`` out as the work seed, leaving an empty 0700 mount point behind."""
+    root = tree / "root"
+    if root.is_dir() and not root.is_symlink():
+        os.rename(root, seed)
+    else:
+        root.unlink(missing_ok=True)
+        seed.mkdir(mode=0o700)
+    root.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.lchown(root, 0, 0)
+
+
+def _distro(tree: Path) -> str:
+    """``ID`` from the image's os-release, or ``"unknown"``."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = inside(tree, rel)
+        if exists(tree, rel) and path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("ID="):
+                    return line[3:].strip().strip("\"'") or "unknown"
+    return "unknown"
+
+
+def _boot_facts(plan: BootPlan) -> dict[str, Any]:
+    return {"cmdline_init": plan.init, "init": "systemd" if plan.systemd else "banger-init", "notes": plan.notes}
+
+
+def _oci_facts(reference: str, image: ImageManifestRef, config: dict[str, Any]) -> dict[str, Any]:
+    """What ``extra["oci"]`` records: digests (the cache-prune keep list) and the container's run config."""
+    run = config.get("config") or {}
+    return {
+        "reference": reference,
+        "manifest_digest": image.digest,
+        "index_digest": image.index_digest,
+        "config_digest": image.config.digest,
+        "layers": [d.digest for d in image.layers],
+        "blobs": image.digests,
+        "entrypoint": run.get("Entrypoint"),
+        "cmd": run.get("Cmd"),
+        "env": run.get("Env"),
+        "working_dir": run.get("WorkingDir"),
+        "user": run.get("User"),
+    }

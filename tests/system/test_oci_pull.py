@@ -1,0 +1,313 @@
+"""``pull_oci`` against Debian's real docker-registry on loopback, fed hand-made OCI layouts through skopeo.
+
+Every result is checked inside the produced ext4 with debugfs: owners, modes, whiteouts, boot glue.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import zstandard
+
+from banger.errors import IntegrityError
+from banger.host.ext4 import debugfs
+from banger.host.run import run_sync, spawn_detached
+from banger.images.manifest import read_manifest
+from banger.images.oci_pull import pull_oci
+from banger.images.oci_registry import BlobCache, prune_cache, referenced_digests
+from banger.progress import RecordingReporter
+
+OCI_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def tar_bytes(entries: list[tuple]) -> bytes:
+    """A tar of (name, type, payload, mode, uid, gid) entries; payload is bytes or a link target."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, payload, mode, uid, gid in entries:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, uid, gid, 1_700_000_000
+            if kind == tarfile.REGTYPE:
+                info.size = len(payload)
+            elif kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = payload
+            tar.addfile(info, io.BytesIO(payload) if kind == tarfile.REGTYPE else None)
+    return buf.getvalue()
+
+
+def f(name: str, data: bytes = b"x", mode: int = 0o644, uid: int = 0, gid: int = 0) -> tuple:
+    return (name, tarfile.REGTYPE, data, mode, uid, gid)
+
+
+def d(name: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> tuple:
+    return (name, tarfile.DIRTYPE, b"", mode, uid, gid)
+
+
+def sym(name: str, target: str) -> tuple:
+    return (name, tarfile.SYMTYPE, target, 0o777, 0, 0)
+
+
+class OciLayout:
+    """An OCI image layout on disk, written by hand (blobs, index.json, oci-layout)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        (path / "blobs" / "sha256").mkdir(parents=True)
+        (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        self.index: list[dict] = []
+
+    def blob(self, data: bytes, media_type: str, **extra: object) -> dict:
+        (self.path / "blobs" / "sha256" / sha(data).split(":")[1]).write_bytes(data)
+        return {"mediaType": media_type, "digest": sha(data), "size": len(data), **extra}
+
+    def image(self, layers: list[tuple[bytes, str]], arch: str = "amd64") -> dict:
+        """Layers as (uncompressed tar, media type); returns the manifest descriptor with its platform."""
+        descs = [self.blob(_compress(tar, mt), mt) for tar, mt in layers]
+        config = {"architecture": arch, "os": "linux",
+                  "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/root"},
+                  "rootfs": {"type": "layers", "diff_ids": [sha(tar) for tar, _ in layers]}}
+        cfg = self.blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
+        media_type = "application/vnd.oci.image.manifest.v1+json"
+        manifest = {"schemaVersion": 2, "mediaType": media_type, "config": cfg, "layers": descs}
+        return self.blob(json.dumps(manifest).encode(), media_type,
+                         platform={"architecture": arch, "os": "linux"})
+
+    def image_index(self, manifests: list[dict]) -> dict:
+        media_type = "application/vnd.oci.image.index.v1+json"
+        body = {"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}
+        return self.blob(json.dumps(body).encode(), media_type)
+
+    def tag(self, desc: dict, tag: str) -> None:
+        entry = {k: v for k, v in desc.items() if k != "platform"}
+        self.index.append({**entry, "annotations": {"org.opencontainers.image.ref.name": tag}})
+        body = {"schemaVersion": 2, "manifests": self.index}
+        (self.path / "index.json").write_text(json.dumps(body))
+
+
+def _compress(tar: bytes, media_type: str) -> bytes:
+    if media_type.endswith("+gzip"):
+        return gzip.compress(tar)
+    if media_type.endswith("+zstd"):
+        return zstandard.ZstdCompressor().compress(tar)
+    return tar
+
+
+@dataclass
+class Registry:
+    host: str  # "127.0.0.1:PORT"
+    log: Path
+
+    def push(self, layout: OciLayout, tag: str, name: str, *, all_platforms: bool = False) -> str:
+        argv = ["skopeo", "copy", "--dest-tls-verify=false", *(["--all"] if all_platforms else []),
+                f"oci:{layout.path}:{tag}", f"docker://{self.host}/{name}:{tag}"]
+        run_sync(argv, timeout=120)
+        return f"{self.host}/{name}:{tag}"
+
+    def blob_gets(self) -> int:
+        return sum(1 for line in self.log.read_text().splitlines() if '"GET /v2/' in line and "/blobs/" in line)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    base = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = base / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = base / "registry.log"
+    pid = spawn_detached(["docker-registry", "serve", str(config)], log_path=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"registry did not start: {log.read_text()[-2000:]}"
+            time.sleep(0.1)
+        yield Registry(f"127.0.0.1:{port}", log)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+
+
+BUSYBOX = Path("/bin/busybox").read_bytes()
+
+
+def base_layer() -> bytes:
+    return tar_bytes([
+        d("bin/"), f("bin/busybox", BUSYBOX, 0o755), sym("bin/sh", "busybox"),
+        d("etc/"), f("etc/os-release", b'ID="testos"\nVERSION_ID=1\n'), f("etc/fstab", b"# UNCONFIGURED\n"),
+        d("etc/ssh/"), f("etc/ssh/sshd_config", b"Include /etc/ssh/sshd_config.d/*.conf\n"),
+        f("etc/ssh/ssh_host_ed25519_key", b"baked-in secret", 0o600),
+        d("usr/"), d("usr/sbin/"), f("usr/sbin/sshd", b"#!/bin/sh\n", 0o755), sym("sbin", "usr/sbin"),
+        d("home/"), d("home/dev", 0o750, 1000, 1000), f("home/dev/notes", b"mine", 0o600, 1000, 1000),
+        f("usr/bin/su", b"suid", 0o4755, 0, 0),
+        d("root/", 0o700), f("root/.profile", b"echo hi\n"),
+        d("opt/"), d("opt/app/"), f("opt/app/old.conf"), f("opt/app/removed"), f("opt/keep"),
+    ])
+
+
+def change_layer() -> bytes:
+    return tar_bytes([
+        f("opt/.wh.keep"), f("opt/app/.wh..wh..opq", b""), f("opt/app/new.conf", b"v2"),
+        f("etc/motd", b"from layer two\n", 0o644, 0, 0),
+    ])
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Every test image, pushed once: name -> reference."""
+    out = {}
+    lay = OciLayout(tmp_path_factory.mktemp("layout") / "oci")
+    basic = lay.image([(base_layer(), OCI_LAYER_GZ), (change_layer(), OCI_LAYER_ZSTD)])
+    lay.tag(basic, "basic")
+    out["basic"] = registry.push(lay, "basic", "test/basic")
+    systemd = lay.image([(base_layer(), OCI_LAYER_GZ), (tar_bytes([
+        d("lib/"), d("lib/systemd/"), f("lib/systemd/systemd", b"ELF", 0o755),
+        d("lib/systemd/system/"), f("lib/systemd/system/ssh.service", b"[Service]\n"),
+    ]), OCI_LAYER)])
+    lay.tag(systemd, "systemd")
+    out["systemd"] = registry.push(lay, "systemd", "test/systemd")
+    hostile = lay.image([(base_layer(), OCI_LAYER_GZ), (tar_bytes([
+        f("etc/innocent", b"ok"), sym("etc/escape", "../../../../../../tmp"), f("etc/escape/pwned", b"gotcha"),
+    ]), OCI_LAYER_GZ)])
+    lay.tag(hostile, "hostile")
+    out["hostile"] = registry.push(lay, "hostile", "test/hostile")
+    arm = lay.image([(base_layer(), OCI_LAYER_GZ), (tar_bytes([f("etc/arch", b"arm64")]), OCI_LAYER_GZ)], "arm64")
+    amd = lay.image([(base_layer(), OCI_LAYER_GZ), (tar_bytes([f("etc/arch", b"amd64")]), OCI_LAYER_GZ)])
+    lay.tag(lay.image_index([arm, amd]), "multi")
+    out["multi"] = registry.push(lay, "multi", "test/multi", all_platforms=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+async def stat_of(image: Path, path: str) -> str:
+    return await debugfs(image, f"stat {path}")
+
+
+async def test_pull_builds_a_bootable_image(pushed: dict[str, str], cache_dir: Path, tmp_path: Path) -> None:
+    rep = RecordingReporter()
+    dest = tmp_path / "images" / "basic"
+    manifest = await pull_oci(pushed["basic"], dest, cache_dir=cache_dir, reporter=rep)
+    assert sorted(os.listdir(dest)) == ["manifest.json", "rootfs.ext4", "work-seed.ext4"]
+    assert sorted(os.listdir(dest.parent)) == ["basic"]
+    assert read_manifest(dest) == manifest
+    assert (manifest.source, manifest.distro, manifest.kernel_ref) == ("oci", "testos", "debian-6.1")
+    assert manifest.extra["cmdline_init"] == "/sbin/banger-init"
+    assert manifest.extra["oci"]["cmd"] == ["/bin/sh"] and len(manifest.extra["oci"]["layers"]) == 2
+    rootfs = dest / "rootfs.ext4"
+    assert manifest.rootfs_size == rootfs.stat().st_size
+    assert manifest.rootfs_sha256 == hashlib.sha256(rootfs.read_bytes()).hexdigest()
+
+    notes = await stat_of(rootfs, "/home/dev/notes")
+    assert "User:  1000   Group:  1000" in notes and "Mode:  0600" in notes
+    assert "Mode:  04755" in await stat_of(rootfs, "/usr/bin/su")
+    assert "Mode:  0750" in await stat_of(rootfs, "/home/dev")
+    listing = await debugfs(rootfs, "ls -l /opt", "ls -l /opt/app", "ls -l /root")
+    assert "keep" not in listing and "old.conf" not in listing and "removed" not in listing
+    assert "new.conf" in listing and ".profile" not in listing and ".wh." not in listing
+    init = await debugfs(rootfs, "stat /usr/sbin/banger-init", "cat /usr/sbin/banger-init")
+    assert "Mode:  0755" in init and "banger-init: PID 1" in init
+    assert "Fast link dest: \"/sbin/banger-init\"" in await stat_of(rootfs, "/usr/sbin/init")
+    assert "/dev/vdb /root ext4" in await debugfs(rootfs, "cat /etc/fstab")
+    ssh = await debugfs(rootfs, "ls /etc/ssh", "ls /etc/ssh/sshd_config.d")
+    assert "ssh_host_ed25519_key" not in ssh and "banger.conf" in ssh
+    assert "from layer two" in await debugfs(rootfs, "cat /etc/motd")
+    seed = await debugfs(dest / "work-seed.ext4", "cat /.profile")
+    assert "echo hi" in seed
+    assert any("removed baked-in SSH host key" in line for line in rep.lines)
+
+
+async def test_second_pull_reuses_cached_blobs(
+    pushed: dict[str, str], registry: Registry, cache_dir: Path, tmp_path: Path
+) -> None:
+    await pull_oci(pushed["basic"], tmp_path / "first", cache_dir=cache_dir, reporter=RecordingReporter())
+    before = registry.blob_gets()
+    assert before >= 3  # the access log does record blob downloads
+    rep = RecordingReporter()
+    again = await pull_oci(pushed["basic"], tmp_path / "again", cache_dir=cache_dir, reporter=rep)
+    assert registry.blob_gets() == before
+    reused = [line for line in rep.lines if "reused from the cache" in line]
+    assert len(reused) == 3  # config + 2 layers
+    assert any(s.startswith("downloading 0 of 3 blobs") for s in rep.stages)
+    assert all(BlobCache(cache_dir).has(dg) for dg in again.extra["oci"]["blobs"])
+
+
+async def test_systemd_image_gets_units(pushed: dict[str, str], cache_dir: Path, tmp_path: Path) -> None:
+    manifest = await pull_oci(pushed["systemd"], tmp_path / "sd", cache_dir=cache_dir, reporter=RecordingReporter())
+    assert manifest.extra["cmdline_init"] == "/lib/systemd/systemd"
+    assert manifest.extra["init"] == "systemd"
+    rootfs = tmp_path / "sd" / "rootfs.ext4"
+    wants = await debugfs(rootfs, "ls /etc/systemd/system/multi-user.target.wants",
+                          "ls /etc/systemd/system/ssh.service.wants", "ls /usr/local/sbin")
+    assert "banger-network.service" in wants and "ssh.service" in wants
+    assert "banger-hostkeys.service" in wants and "banger-network" in wants
+    assert "Fast link dest: \"/lib/systemd/systemd\"" in await stat_of(rootfs, "/usr/sbin/init")
+    assert "banger-init" not in await debugfs(rootfs, "ls /usr/sbin")
+
+
+async def test_hostile_layer_fails_and_leaves_nothing(
+    pushed: dict[str, str], cache_dir: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "images" / "evil"
+    with pytest.raises(IntegrityError, match="etc/escape/pwned") as err:
+        await pull_oci(pushed["hostile"], dest, cache_dir=cache_dir, reporter=RecordingReporter())
+    assert "outside the root" in str(err.value)
+    assert os.listdir(tmp_path / "images") == []
+    assert not Path("/tmp/pwned").exists()
+
+
+async def test_manifest_list_picks_amd64(pushed: dict[str, str], cache_dir: Path, tmp_path: Path) -> None:
+    manifest = await pull_oci(pushed["multi"], tmp_path / "m", cache_dir=cache_dir, reporter=RecordingReporter())
+    assert manifest.extra["oci"]["index_digest"]
+    assert "amd64" in await debugfs(tmp_path / "m" / "rootfs.ext4", "cat /etc/arch")
+
+
+async def test_prune_dry_run_then_prune(pushed: dict[str, str], cache_dir: Path, tmp_path: Path) -> None:
+    kept = await pull_oci(pushed["basic"], tmp_path / "kept", cache_dir=cache_dir, reporter=RecordingReporter())
+    other = await pull_oci(pushed["multi"], tmp_path / "other", cache_dir=cache_dir, reporter=RecordingReporter())
+    keep = referenced_digests([kept.extra])
+    cache = BlobCache(cache_dir)
+    before = sorted(p.name for p in cache.root.iterdir())
+    planned = prune_cache(cache_dir, keep, dry_run=True)
+    assert sorted(p.name for p in cache.root.iterdir()) == before
+    names = {p.name for p, _ in planned}
+    assert other.extra["oci"]["index_digest"].split(":")[1] in names
+    assert not names & {k.split(":")[1] for k in keep}
+    assert all(size == p.stat().st_size for p, size in planned)
+    assert prune_cache(cache_dir, keep) == planned
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted(k.split(":")[1] for k in keep)
