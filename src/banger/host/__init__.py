@@ -8,4 +8,9 @@
 - ``dm``           device-mapper snapshots (dmsetup) for ``banger-*`` devices, availability check.
 - ``storage``      per-VM disks: copy-on-write root disk (dm/qcow2/reflink/sparse copy), work disk.
 - ``privileged``   the one seam for root-only operations (Protocol + in-process LocalPrivileged).
+- ``vmm``          the VMM interface (LaunchSpec, Handle, VMM protocol, driver_for) + shared process plumbing.
+- ``firecracker``  Firecracker driver: API-socket configuration, InstanceStart, Ctrl-Alt-Del stop, versions.
+- ``qemu``         QEMU ``-M microvm`` driver (KVM or TCG), controlled over QMP.
+- ``kvm_probe``    cached Firecracker boot probe and ``select_runtime`` (auto / firecracker / qemu).
+- ``resolved``     route ``*.vm`` on the bridge link to banger's DNS server via systemd-resolved (resolvectl).
 """

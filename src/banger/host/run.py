@@ -36,6 +36,8 @@ INSTALL_HINTS: dict[str, str] = {
     "dmsetup": "apt-get install dmsetup",
     "ip": "apt-get install iproute2",
     "skopeo": "apt-get install skopeo",
+    "resolvectl": "apt-get install systemd-resolved",
+    "depmod": "apt-get install kmod",
 }
 
 

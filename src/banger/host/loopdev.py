@@ -1,0 +1,94 @@
+"""Loop devices through losetup: attach a file read-only or read-write, detach, find, list banger's."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from banger.errors import HostError, InvalidArgument
+from banger.host.run import run
+
+LOOP_RE = re.compile(r"^/dev/loop[0-9]+$")
+
+
+@dataclass(frozen=True)
+class LoopDevice:
+    """An attached loop device and the file behind it."""
+
+    device: str
+    backing_file: Path
+    read_only: bool
+
+
+def _check_device(device: str) -> str:
+    if not LOOP_RE.match(device):
+        raise InvalidArgument(f"{device!r} is not a loop device path (/dev/loopN)")
+    return device
+
+
+async def list_all() -> list[LoopDevice]:
+    """Every attached loop device on the host."""
+    result = await run(["losetup", "--json", "--list", "-O", "NAME,BACK-FILE,RO"])
+    rows = json.loads(result.out or "{}").get("loopdevices", [])
+    return [LoopDevice(r["name"], _backing(r.get("back-file")), _truthy(r["ro"])) for r in rows]
+
+
+def _backing(value: object) -> Path:
+    return Path(str(value or "").removesuffix(" (deleted)"))
+
+
+def _truthy(value: object) -> bool:
+    return value in (True, 1, "1")
+
+
+async def find(backing_file: Path) -> list[LoopDevice]:
+    """Loop devices backed by ``backing_file``."""
+    want = _resolve(backing_file)
+    return [d for d in await list_all() if d.backing_file == want]
+
+
+async def list_under(directory: Path) -> list[LoopDevice]:
+    """Loop devices whose backing file lives under ``directory`` (banger's state dir)."""
+    root = _resolve(directory)
+    return [d for d in await list_all() if d.backing_file.is_relative_to(root)]
+
+
+async def attach(path: Path, *, read_only: bool) -> str:
+    """Attach ``path`` to a free loop device and return its name (``/dev/loopN``)."""
+    argv = ["losetup", "--find", "--show", *(["--read-only"] if read_only else []), str(_existing(path))]
+    try:
+        result = await run(argv)
+    except HostError as exc:
+        raise HostError(
+            f"could not attach {path} to a loop device: {exc.message}",
+            hint="banger needs root and /dev/loop-control; look for leaked devices with `losetup -a`",
+        ) from exc
+    return result.out.strip()
+
+
+async def detach(device: str) -> None:
+    """Detach ``device``; nothing happens if it is not attached any more."""
+    _check_device(device)
+    result = await run(["losetup", "--detach", device], check=False)
+    if result.returncode != 0 and await _attached(device):
+        raise HostError(
+            f"could not detach loop device {device}: {result.err.strip()}",
+            hint=f"a VMM or dm device (`dmsetup ls`) still holds it; stop that, then `losetup -d {device}`",
+        )
+
+
+async def _attached(device: str) -> bool:
+    return any(d.device == device for d in await list_all())
+
+
+def _resolve(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise HostError(f"cannot attach {path} to a loop device: no such file")
+    return _resolve(path)

@@ -1,0 +1,68 @@
+"""Installing prebuilt kernel and image directories into a test's BANGER_HOME without copying gigabytes.
+
+Large read-only files (vmlinux, initrd, modules disk, rootfs, work seed) are symlinked from the test
+cache; the manifest is copied and the rows are written with the real store, as a pull would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from banger.model import Image, Kernel
+from banger.paths import Layout
+from banger.store.db import open_db
+from banger.store.repo import Store
+
+# The config system tests run VMs with: QEMU (no KVM here), no Firecracker probe, small VMs.
+VM_CONFIG = """\
+runtime = "qemu"
+firecracker_bin = "/nonexistent/firecracker"
+tap_pool_size = 1
+[vm_defaults]
+vcpu = 1
+memory_mib = 768
+disk_size = "2G"
+"""
+KERNEL_FILES = ("vmlinux", "initrd.img", "modules.ext4")
+IMAGE_FILES = ("rootfs.ext4", "work-seed.ext4")
+
+
+def _link_dir(src: Path, dest: Path, files: tuple[str, ...]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if (src / name).exists():
+            (dest / name).unlink(missing_ok=True)
+            (dest / name).symlink_to((src / name).resolve())
+    shutil.copy2(src / "manifest.json", dest / "manifest.json")
+
+
+def install_kernel(layout: Layout, kernel_dir: Path, name: str = "debian-6.1") -> Kernel:
+    dest = layout.kernels_dir / name
+    _link_dir(kernel_dir, dest, KERNEL_FILES)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    kernel = Kernel(name=name, version=str(manifest.get("kernel_version", "")), dir=str(dest), source="catalog",
+                    manifest=manifest)
+    _put(layout, lambda s: s.put_kernel(kernel))
+    return kernel
+
+
+def install_image(layout: Layout, image_dir: Path, name: str = "debian-bookworm") -> Image:
+    dest = layout.images_dir / name
+    _link_dir(image_dir, dest, IMAGE_FILES)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    image = Image(name=name, distro=str(manifest.get("distro", "")), kernel_ref=str(manifest.get("kernel_ref", "")),
+                  source=str(manifest.get("source", "build")), dir=str(dest),
+                  rootfs_size=int(manifest.get("rootfs_size", 0)), manifest=manifest)
+    _put(layout, lambda s: s.put_image(image))
+    return image
+
+
+def _put(layout: Layout, write: object) -> None:
+    layout.ensure()
+    store = Store(open_db(layout.db))
+    try:
+        write(store)  # type: ignore[operator]
+    finally:
+        store.close()

