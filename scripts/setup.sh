@@ -10,7 +10,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils e2fsprogs mmdebstrap debian-archive-keyring gpgv
   busybox-static util-linux tmux dnsutils
 )
-TEST_PACKAGES=(skopeo docker-registry)
+TEST_PACKAGES=(skopeo docker-registry openssh-server)
 
 want=("${PACKAGES[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PACKAGES[@]}")
@@ -24,8 +24,11 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# docker-registry's package starts a registry on :5000; tests run their own on loopback ports.
-if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+# docker-registry's and openssh-server's packages start services on :5000 and :22; tests run their own on
+# loopback ports, so the system copies are switched off again.
+for unit in docker-registry ssh; do
+  if systemctl is-active --quiet "$unit" 2>/dev/null; then systemctl disable --now "$unit" >/dev/null 2>&1 || true; fi
+done
 
 PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv

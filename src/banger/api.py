@@ -121,6 +121,27 @@ class FanOutResult(Result):
     results: list[dict[str, Any]]  # {"ref": "dev", "ok": true, "vm": {...}} or {"ref", "ok": false, "error": {...}}
 
 
+class VMConnectInfo(Result):
+    """How the CLI reaches a running VM with the system ssh (also marks the VM as used)."""
+
+    name: str  # e.g. "dev"
+    ip: str  # e.g. "172.30.0.2"
+    key_path: str  # banger's private key, e.g. "/var/lib/banger/ssh/id_ed25519"
+    known_hosts: str  # banger's known_hosts, e.g. "/var/lib/banger/ssh/known_hosts"
+    workdir: str | None = None  # the recorded workspace's guest path, e.g. "/root/repo"
+
+
+class VMPorts(Result):
+    ref: str
+    ok: bool = True
+    listeners: list[dict[str, Any]] = Field(default_factory=list)  # [{"proto","address","port","process","endpoint"}]
+    error: dict[str, Any] | None = None
+
+
+class VMPortsResult(Result):
+    vms: list[VMPorts]
+
+
 class OperationStarted(Result):
     operation: Operation
 
@@ -139,6 +160,7 @@ class ImageRef(Params):
 class ImageBuild(Params):
     name: str = "debian-bookworm"
     force: bool = False  # rebuild even if the image exists
+    no_cache: bool = False  # run mmdebstrap again even when a cached build has the same inputs
 
 
 class ImagePull(Params):

@@ -167,6 +167,31 @@ class Client:
     def vm_show(self, ref: str) -> VM:
         return self._typed(VM, "vm.show", api.VMRef(ref=ref))
 
+    def vm_create(self, req: api.VMCreate) -> Operation:
+        return self._typed(api.OperationStarted, "vm.create", req).operation
+
+    def vm_action(self, action: str, refs: list[str]) -> list[dict[str, Any]]:
+        """``action`` in start|stop|restart|kill|delete on several VMs; one result per ref, in order."""
+        return self._typed(api.FanOutResult, f"vm.{action}", api.VMRefs(refs=refs)).results
+
+    def vm_prune(self) -> list[VM]:
+        return self._typed(api.VMList, "vm.prune").vms
+
+    def vm_set(self, req: api.VMSet) -> VM:
+        return self._typed(VM, "vm.set", req)
+
+    def vm_logs(self, ref: str, offset: int = 0) -> api.VMLogsResult:
+        return self._typed(api.VMLogsResult, "vm.logs", api.VMLogs(ref=ref, offset=offset, max_bytes=1 << 20))
+
+    def vm_connect(self, ref: str) -> api.VMConnectInfo:
+        return self._typed(api.VMConnectInfo, "vm.connect", api.VMRef(ref=ref))
+
+    def vm_ports(self, refs: list[str]) -> list[api.VMPorts]:
+        return self._typed(api.VMPortsResult, "vm.ports", api.VMRefs(refs=refs)).vms
+
+    def vm_stats(self, ref: str) -> api.VMStats:
+        return self._typed(api.VMStats, "vm.stats", api.VMRef(ref=ref))
+
     # --- images and kernels -------------------------------------------------------------------------
 
     def image_list(self) -> list[Image]:
@@ -178,8 +203,43 @@ class Client:
     def kernel_list(self, available: bool = False) -> api.KernelList:
         return self._typed(api.KernelList, "kernel.list", api.KernelListParams(available=available))
 
+    def image_build(self, name: str | None = None, *, force: bool = False, no_cache: bool = False) -> Operation:
+        params = api.ImageBuild(force=force, no_cache=no_cache, **({"name": name} if name else {}))
+        return self._started("image.build", params)
+
+    def image_pull(self, params: api.ImagePull) -> Operation:
+        return self._started("image.pull", params)
+
+    def image_export(self, name: str, output: str) -> Operation:
+        return self._started("image.export", api.ImageExport(name=name, output=output))
+
+    def image_register(self, params: api.ImageRegister) -> Operation:
+        return self._started("image.register", params)
+
+    def image_promote(self, name: str) -> Image:
+        return self._typed(Image, "image.promote", api.ImagePromote(name=name))
+
+    def image_delete(self, name: str) -> None:
+        self.call("image.delete", api.ImageRef(name=name))
+
+    def image_cache_prune(self, dry_run: bool = False) -> api.CachePruneResult:
+        return self._typed(api.CachePruneResult, "image.cache.prune", api.CachePrune(dry_run=dry_run))
+
     def kernel_show(self, name: str) -> Kernel:
         return self._typed(Kernel, "kernel.show", api.KernelRef(name=name))
+
+    def kernel_pull(self, name: str, *, force: bool = False) -> Operation:
+        return self._started("kernel.pull", api.KernelPull(name=name, force=force))
+
+    def kernel_rm(self, name: str) -> None:
+        self.call("kernel.rm", api.KernelRef(name=name))
+
+    def kernel_import(self, name: str, vmlinux: str, initrd: str | None = None) -> Kernel:
+        return self._typed(Kernel, "kernel.import", api.KernelImport(name=name, vmlinux=vmlinux, initrd=initrd))
+
+    def _started(self, method: str, params: BaseModel) -> Operation:
+        """Call a method that starts a daemon operation and return the operation to follow."""
+        return self._typed(api.OperationStarted, method, params).operation
 
 
 def _pid_alive(pid: int) -> bool:

@@ -15,13 +15,16 @@ Example (all values shown are the defaults)::
     default_dns = "1.1.1.1"            # resolver written into guests
     auto_stop_stale_after = "0"        # e.g. "8h"; 0 disables the stale reaper
     ssh_key_path = ""                  # default: <state>/ssh/id_ed25519
+    ssh_ready_timeout = "90s"          # how long a starting VM's sshd may take to answer
     debian_mirror = "http://deb.debian.org/debian"   # kernels, busybox and golden images come from here
+    dns_listen = "127.0.0.1:42069"     # the daemon's DNS server for <name>.vm; "" turns it off
 
     [vm_defaults]
     vcpu = 2
     memory_mib = 1024
     disk_size = "8G"                   # work disk (/root)
     system_overlay_size = "8G"         # copy-on-write room over the image
+    kernel_args = ""                   # appended to every guest's kernel command line
 
     [[file_sync]]                      # copied into every VM's /root at start
     host = "~/.config/gh/hosts.yml"    # under the owner's home
@@ -78,6 +81,7 @@ class VMDefaults(_Strict):
     memory_mib: int = Field(1024, ge=128, le=256 * 1024)
     disk_size: str = "8G"
     system_overlay_size: str = "8G"
+    kernel_args: str = Field("", pattern=r"^[A-Za-z0-9_./=:,@+ -]*$")
 
     @field_validator("disk_size", "system_overlay_size")
     @classmethod
@@ -116,6 +120,8 @@ class Config(_Strict):
     default_dns: str = "1.1.1.1"
     auto_stop_stale_after: str = "0"
     ssh_key_path: str = ""
+    ssh_ready_timeout: str = "90s"
+    dns_listen: str = Field("127.0.0.1:42069", pattern=r"^$|^\d+\.\d+\.\d+\.\d+:\d{1,5}$")
     debian_mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://\S+$")
     vm_defaults: VMDefaults = VMDefaults()
     file_sync: list[FileSync] = []
@@ -134,7 +140,7 @@ class Config(_Strict):
             raise ValueError("network is too small; use a /29 or larger")
         return v
 
-    @field_validator("auto_stop_stale_after")
+    @field_validator("auto_stop_stale_after", "ssh_ready_timeout")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
@@ -145,6 +151,10 @@ class Config(_Strict):
         if ipaddress.IPv4Address(self.bridge_ip) not in ipaddress.IPv4Network(self.cidr):
             raise ValueError(f"bridge_ip {self.bridge_ip} is not inside cidr {self.cidr}")
         return self
+
+    @property
+    def ready_timeout_seconds(self) -> int:
+        return parse_duration(self.ssh_ready_timeout)
 
     @property
     def stale_after_seconds(self) -> int:

@@ -144,11 +144,16 @@ def _all_subclasses(cls: type[BangerError]) -> list[type[BangerError]]:
     return out
 
 
-_BY_NAME: dict[str, type[BangerError]] = {c.__name__: c for c in [BangerError, *_all_subclasses(BangerError)]}
+_CLASSES: list[type[BangerError]] = [BangerError, *_all_subclasses(BangerError)]
+_BY_NAME: dict[str, type[BangerError]] = {c.__name__: c for c in _CLASSES}
 
 
 def to_rpc_error(exc: BaseException) -> dict[str, Any]:
     """The JSON-RPC error object for ``exc``; unexpected exceptions become INTERNAL_ERROR."""
+    if isinstance(exc, BaseExceptionGroup):
+        # Cleanup collects every failure; the user sees all of them, as one host error.
+        parts = "; ".join(str(e).splitlines()[0] for e in exc.exceptions)
+        exc = HostError(f"{exc.message}: {parts}", hint="see `banger daemon logs` for details")
     if isinstance(exc, BangerError):
         data = {"type": type(exc).__name__, **exc.data}
         if exc.hint:

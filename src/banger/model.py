@@ -59,6 +59,7 @@ class VM(Record):
     vm_dir: str = ""  # <state>/vms/<id>
     reason: str | None = None  # why the VM is in `error`/`stopped` unexpectedly
     workspace: Workspace | None = None
+    creating: bool = False  # true until create finishes; a restarted daemon undoes unfinished creates
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
     touched_at: datetime = Field(default_factory=now)  # last use; drives the stale reaper
@@ -98,6 +99,7 @@ class Operation(Record):
     state: OperationState = "running"
     stage: str = ""  # current stage, e.g. "preparing disks"
     stages: list[str] = Field(default_factory=list)  # stages seen so far, in order
+    timings: dict[str, float] = Field(default_factory=dict)  # seconds spent per finished stage
     done: int = 0  # progress in the current stage (bytes or units)
     total: int | None = None
     log: list[str] = Field(default_factory=list)

@@ -1,13 +1,36 @@
-"""``banger image ...``."""
+"""``banger image ...``: build, pull, export, register, promote, delete and list VM images."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from banger import api
 from banger.cli import render
 from banger.cli.context import Context, pass_ctx
+from banger.cli.progress import follow
+from banger.model import Operation
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+existing_file = click.Path(exists=True, dir_okay=False)
+
+
+def local_path(source: str) -> str:
+    """``source`` made absolute when it names a local file (the daemon has its own working directory)."""
+    if source.startswith(("http://", "https://")):
+        return source
+    if os.path.exists(source) or source.endswith(".tar.zst") or source.startswith(("./", "../", "/")):
+        return os.path.abspath(source)
+    return source
+
+
+def _installed(op: Operation) -> None:
+    image = (op.result or {}).get("image") or {}
+    render.err.print(f"image {image.get('name', op.target)} ready (kernel {image.get('kernel_ref') or 'bundled'})")
+    for line in op.log:
+        if line.startswith("warning:"):
+            render.err.print(line)
 
 
 @click.group()
@@ -42,4 +65,99 @@ def image_show(ctx: Context, name: str, as_json: bool) -> None:
         return
     render.fields([("name", i.name), ("distro", i.distro), ("arch", i.arch), ("kernel", i.kernel_ref),
                    ("source", i.source), ("size", render.size(i.rootfs_size)), ("dir", i.dir),
+                   ("rootfs sha256", i.manifest.get("rootfs_sha256", "")),
                    ("created", i.created_at.isoformat(timespec="seconds"))])
+
+
+@image.command("build")
+@click.argument("name", required=False)
+@click.option("--force", is_flag=True, help="Replace the image if it exists.")
+@click.option("--no-cache", is_flag=True, help="Bootstrap again even if a cached build has the same inputs.")
+@pass_ctx
+def image_build(ctx: Context, name: str | None, force: bool, no_cache: bool) -> None:
+    """Build the Debian golden image (as NAME, default debian-bookworm)."""
+    _installed(follow(ctx.client, ctx.client.image_build(name, force=force, no_cache=no_cache)))
+
+
+@image.command("pull")
+@click.argument("source")
+@click.option("--name", help="Register under this name (default: derived from SOURCE).")
+@click.option("--sha256", help="Expected sha256 of a bundle (required for URLs not in the catalog).")
+@click.option("--force", is_flag=True, help="Replace the image if it exists.")
+@click.option("--insecure", is_flag=True, help="Talk plain HTTP to the registry.")
+@pass_ctx
+def image_pull(ctx: Context, source: str, name: str | None, sha256: str | None, force: bool,
+               insecure: bool) -> None:
+    """Pull SOURCE: a catalog name, a bundle URL or .tar.zst file, or REGISTRY/REPO:TAG."""
+    params = api.ImagePull(source=local_path(source), name=name, sha256=sha256, force=force, insecure=insecure)
+    _installed(follow(ctx.client, ctx.client.image_pull(params)))
+
+
+@image.command("export")
+@click.argument("name")
+@click.option("-o", "--output", required=True, help="Bundle file to write, or a directory.")
+@json_option
+@pass_ctx
+def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
+    """Write image NAME as a portable .tar.zst bundle."""
+    op = follow(ctx.client, ctx.client.image_export(name, os.path.abspath(output)))
+    result = op.result or {}
+    if as_json:
+        render.as_json(result)
+        return
+    render.out.print(f"{result.get('sha256')}  {result.get('path')}", markup=False)
+
+
+@image.command("register")
+@click.argument("name")
+@click.option("--rootfs", required=True, type=existing_file, help="An ext4 root filesystem image.")
+@click.option("--kernel-ref", help="Kernel to boot it with (installed or in the catalog).")
+@click.option("--kernel", type=existing_file, help="A vmlinux to import as kernel NAME.")
+@click.option("--initrd", type=existing_file, help="Initrd to go with --kernel.")
+@pass_ctx
+def image_register(ctx: Context, name: str, rootfs: str, kernel_ref: str | None, kernel: str | None,
+                   initrd: str | None) -> None:
+    """Register an existing ext4 ROOTFS as image NAME."""
+    params = api.ImageRegister(name=name, rootfs=os.path.abspath(rootfs), kernel_ref=kernel_ref,
+                               kernel=os.path.abspath(kernel) if kernel else None,
+                               initrd=os.path.abspath(initrd) if initrd else None)
+    _installed(follow(ctx.client, ctx.client.image_register(params)))
+
+
+@image.command("promote")
+@click.argument("name")
+@pass_ctx
+def image_promote(ctx: Context, name: str) -> None:
+    """Make image NAME the default for new VMs."""
+    ctx.client.image_promote(name)
+    render.err.print(f"image {name} is now the default for new VMs")
+
+
+@image.command("delete")
+@click.argument("name")
+@pass_ctx
+def image_delete(ctx: Context, name: str) -> None:
+    """Delete image NAME (refused while a VM uses it)."""
+    ctx.client.image_delete(name)
+    render.err.print(f"image {name} deleted")
+
+
+@image.group("cache")
+def cache() -> None:
+    """Manage the image download and build cache."""
+
+
+@cache.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@json_option
+@pass_ctx
+def cache_prune(ctx: Context, dry_run: bool, as_json: bool) -> None:
+    """Remove cached blobs and builds no image needs."""
+    result = ctx.client.image_cache_prune(dry_run)
+    if as_json:
+        render.as_json(result)
+        return
+    render.table(["PATH", "SIZE"], [[r["path"], render.size(r["size"])] for r in result.removed],
+                 empty="nothing to prune")
+    verb = "would free" if dry_run else "freed"
+    render.err.print(f"{len(result.removed)} entries, {verb} {render.size(result.bytes)}")

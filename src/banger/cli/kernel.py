@@ -1,13 +1,17 @@
-"""``banger kernel ...``."""
+"""``banger kernel ...``: list, show, pull, import and remove guest kernels."""
 
 from __future__ import annotations
+
+import os
 
 import click
 
 from banger.cli import render
 from banger.cli.context import Context, pass_ctx
+from banger.cli.progress import follow
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+existing_file = click.Path(exists=True, dir_okay=False)
 
 
 @click.group()
@@ -43,5 +47,38 @@ def kernel_show(ctx: Context, name: str, as_json: bool) -> None:
     if as_json:
         render.as_json(k)
         return
+    files = k.manifest.get("files") or {}
     render.fields([("name", k.name), ("version", k.version), ("source", k.source), ("dir", k.dir),
+                   ("files", ", ".join(sorted(files))),
                    ("created", k.created_at.isoformat(timespec="seconds"))])
+
+
+@kernel.command("pull")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Replace the kernel if it is already installed.")
+@pass_ctx
+def kernel_pull(ctx: Context, name: str, force: bool) -> None:
+    """Fetch (or build) catalog kernel NAME; Ctrl-C cancels and leaves nothing behind."""
+    op = follow(ctx.client, ctx.client.kernel_pull(name, force=force))
+    version = ((op.result or {}).get("kernel") or {}).get("version", "")
+    render.err.print(f"kernel {name} {version} installed".replace("  ", " "))
+
+
+@kernel.command("import")
+@click.argument("name")
+@click.option("--vmlinux", required=True, type=existing_file, help="Uncompressed x86-64 ELF kernel.")
+@click.option("--initrd", type=existing_file, help="Initramfs to boot with it.")
+@pass_ctx
+def kernel_import(ctx: Context, name: str, vmlinux: str, initrd: str | None) -> None:
+    """Install a local vmlinux (and initrd) as kernel NAME."""
+    k = ctx.client.kernel_import(name, os.path.abspath(vmlinux), os.path.abspath(initrd) if initrd else None)
+    render.err.print(f"kernel {k.name} imported into {k.dir}")
+
+
+@kernel.command("rm")
+@click.argument("name")
+@pass_ctx
+def kernel_rm(ctx: Context, name: str) -> None:
+    """Remove kernel NAME (refused while a VM boots it)."""
+    ctx.client.kernel_rm(name)
+    render.err.print(f"kernel {name} removed")

@@ -39,7 +39,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from banger.cli import daemon, doctor, image, kernel, vm
+    from banger.cli import daemon, doctor, image, kernel, ssh_config, vm, vm_run  # noqa: F401  (vm_run adds to vm)
 
     cli.add_command(vm.vm)
     cli.add_command(vm.ps)
@@ -47,6 +47,7 @@ def _register() -> None:
     cli.add_command(kernel.kernel)
     cli.add_command(daemon.daemon)
     cli.add_command(doctor.doctor)
+    cli.add_command(ssh_config.ssh_config)
 
 
 _register()

@@ -66,3 +66,156 @@ def vm_show(ctx: Context, ref: str, as_json: bool) -> None:
         ("workspace", f"{v.workspace.guest_path} <- {v.workspace.host_path} @ {v.workspace.head_commit[:12]}"
          if v.workspace else "-"),
     ])
+
+
+def _create_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed([
+        click.option("--name", help="VM name (generated when omitted)."),
+        click.option("--image", help="Image to boot (default: the default image)."),
+        click.option("--kernel", help="Kernel (default: the image's kernel)."),
+        click.option("--runtime", type=click.Choice(["auto", "firecracker", "qemu"]), help="VMM to use."),
+        click.option("--vcpu", type=int, help="Virtual CPUs."),
+        click.option("--memory", "memory_mib", type=int, help="Memory in MiB."),
+        click.option("--disk-size", help="Work disk size, e.g. 16G."),
+        click.option("--nat", is_flag=True, help="Give the VM outbound network access through the host."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quiet: bool = False) -> VM:
+    """Start a vm.create operation, follow it, and return the VM (shared with `vm run`)."""
+    from banger.api import VMCreate
+    from banger.cli.progress import follow
+
+    req = VMCreate(start=start, **{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
+    op = follow(ctx.client, ctx.client.vm_create(req), quiet=quiet)
+    result = op.result or {}
+    for line in op.log:
+        if line.startswith("runtime "):
+            render.err.print(line, markup=False)
+    return VM.model_validate(result["vm"])
+
+
+@vm.command("create")
+@_create_options
+@click.option("--no-start", is_flag=True, help="Create the VM stopped.")
+@json_option
+@pass_ctx
+def vm_create(ctx: Context, no_start: bool, as_json: bool, **opts: object) -> None:
+    """Create a VM (and start it, unless --no-start)."""
+    v = create_vm(ctx, opts, start=not no_start)
+    if as_json:
+        render.as_json(v)
+    else:
+        render.out.print(f"{v.name} {v.state} {v.ip} ({v.runtime})", markup=False)
+
+
+def _fan_out(ctx: Context, action: str, refs: tuple[str, ...], as_json: bool) -> None:
+    results = ctx.client.vm_action(action, list(refs))
+    if as_json:
+        render.as_json(results)
+    failed = 0
+    for r in results:
+        if r["ok"]:
+            if not as_json:
+                render.out.print(f"{r['ref']}: {r['vm']['state']}", markup=False)
+        else:
+            failed += 1
+            err = r["error"]
+            render.err.print(f"{r['ref']}: error: {err['message']}", markup=False)
+            if (err.get("data") or {}).get("hint"):
+                render.err.print(f"  hint: {err['data']['hint']}", markup=False)
+    if failed:
+        raise SystemExit(1)
+
+
+def _action(name: str, help_text: str) -> None:
+    @vm.command(name, help=help_text)
+    @click.argument("refs", nargs=-1, required=True)
+    @json_option
+    @pass_ctx
+    def command(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:
+        _fan_out(ctx, name, refs, as_json)
+
+
+for _name, _help in (("start", "Start stopped VMs."), ("stop", "Stop VMs gracefully (then kill after a grace)."),
+                     ("restart", "Restart VMs."), ("kill", "Kill VMs' VMM processes at once."),
+                     ("delete", "Delete VMs and everything they hold.")):
+    _action(_name, _help)
+vm.add_command(vm.commands["delete"], "rm")
+
+
+@vm.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def vm_prune(ctx: Context, force: bool) -> None:
+    """Delete every VM that is not running."""
+    victims = [v.name for v in ctx.client.vm_list() if v.state != "running"]
+    if not victims:
+        render.err.print("nothing to prune")
+        return
+    if not force:
+        click.confirm(f"delete {len(victims)} VM(s): {', '.join(victims)}?", abort=True, err=True)
+    for v in ctx.client.vm_prune():
+        render.out.print(f"deleted {v.name}", markup=False)
+
+
+@vm.command("set")
+@click.argument("ref")
+@click.option("--vcpu", type=int, help="Virtual CPUs (applies at next start).")
+@click.option("--memory", "memory_mib", type=int, help="Memory in MiB (applies at next start).")
+@click.option("--disk-size", help="Grow the work disk (VM must be stopped).")
+@click.option("--nat/--no-nat", default=None, help="Outbound NAT (applies at once when running).")
+@json_option
+@pass_ctx
+def vm_set(ctx: Context, ref: str, as_json: bool, **opts: object) -> None:
+    """Change a VM's resources."""
+    from banger.api import VMSet
+
+    v = ctx.client.vm_set(VMSet(ref=ref, **{k: val for k, val in opts.items() if val is not None}))  # type: ignore[arg-type]
+    if as_json:
+        render.as_json(v)
+    else:
+        render.out.print(f"{v.name}: vcpu={v.spec.vcpu} memory={v.spec.memory_mib}M "
+                         f"disk={render.size(v.spec.disk_size)} nat={v.spec.nat}", markup=False)
+
+
+@vm.command("logs")
+@click.argument("ref")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new console output.")
+@pass_ctx
+def vm_logs(ctx: Context, ref: str, follow: bool) -> None:
+    """Print a VM's serial console."""
+    import sys
+    import time
+
+    offset = 0
+    while True:
+        chunk = ctx.client.vm_logs(ref, offset)
+        sys.stdout.write(chunk.data)
+        sys.stdout.flush()
+        offset = chunk.offset
+        if not follow:
+            return
+        if not chunk.data:
+            time.sleep(0.5)
+
+
+@vm.command("stats")
+@click.argument("refs", nargs=-1, required=True)
+@json_option
+@pass_ctx
+def vm_stats(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:
+    """Resource use of VMs (VMM CPU and memory, disk allocation)."""
+    stats = [ctx.client.vm_stats(r) for r in refs]
+    if as_json:
+        render.as_json(stats)
+        return
+    rows = []
+    for s in stats:
+        d = s.stats
+        alloc = sum(v["allocated"] for v in d.get("disks", {}).values())
+        rows.append([s.ref, d.get("state"), d.get("pid", "-"), f"{d.get('cpu_seconds', 0):.1f}s",
+                     render.size(d.get("rss_bytes")), render.size(alloc)])
+    render.table(["NAME", "STATE", "PID", "CPU", "RSS", "DISK USED"], rows)

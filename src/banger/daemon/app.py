@@ -6,15 +6,24 @@ import asyncio
 import logging
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from banger import __version__
 from banger.config import Config
+from banger.daemon.dns import VmDnsServer
+from banger.daemon.image_service import ImageService
+from banger.daemon.kernel_service import KernelService
+from banger.daemon.network import NetworkService
 from banger.daemon.operations import Operations
+from banger.daemon.runtime import RuntimeService
 from banger.daemon.server import Server
-from banger.errors import InvalidArgument, MethodNotFound
+from banger.daemon.vm_service import VMService
+from banger.errors import BangerError, InvalidArgument, MethodNotFound
+from banger.guest import ssh
+from banger.host.privileged import Privileged, local
 from banger.model import now
 from banger.paths import Layout
 from banger.store.db import open_db
@@ -26,25 +35,55 @@ log = logging.getLogger("banger.daemon")
 class Daemon:
     """Holds everything the RPC handlers need; no globals anywhere else."""
 
-    def __init__(self, config: Config, layout: Layout, store: Store, *, version: str = __version__):
+    def __init__(self, config: Config, layout: Layout, store: Store, priv: Privileged, *,
+                 version: str = __version__):
         self.config = config
         self.layout = layout
         self.store = store
         self.version = version
         self.started_at: datetime = now()
         self.operations = Operations()
+        self.kernels = KernelService(config, layout, store, self.operations)
+        self.images = ImageService(config, layout, store, self.operations, self.kernels)
+        self.network = NetworkService(config, priv)
+        self.runtimes = RuntimeService(config, layout)
+        self.key_path = Path(config.ssh_key_path).expanduser() if config.ssh_key_path else layout.ssh_dir / "id_ed25519"
+        self.vms = VMService(config, layout, store, self.operations, self.images, self.kernels, self.network,
+                             self.runtimes, self.key_path)
+        self._background: list[asyncio.Task[None]] = []
+        self.dns = VmDnsServer(self.vms.resolve_dns)
         self.server = Server(layout.socket, self.dispatch)
         self.stopping = asyncio.Event()
 
     @classmethod
-    async def open(cls, config: Config, layout: Layout, *, version: str = __version__) -> Daemon:
+    async def open(cls, config: Config, layout: Layout, *, priv: Privileged | None = None,
+                   version: str = __version__) -> Daemon:
+        from banger.daemon import reconcile
+
         layout.ensure()
         store = Store(open_db(layout.db))
-        daemon = cls(config, layout, store, version=version)
+        daemon = cls(config, layout, store, priv or local(), version=version)
+        ssh.ensure_key(daemon.key_path)
+        await reconcile.adopt_all(daemon.vms)
+        daemon._background = [
+            asyncio.create_task(reconcile.watch(daemon.vms), name="vm-watcher"),
+            asyncio.create_task(reconcile.reap_stale(daemon.vms), name="stale-reaper"),
+        ]
+        await daemon._start_dns()
         await daemon.server.start()
         layout.pid_file.write_text(f"{os.getpid()}\n")
         log.info("bangerd started", extra={"version": version, "socket": str(layout.socket), "pid": os.getpid()})
         return daemon
+
+    async def _start_dns(self) -> None:
+        """Serve ``<name>.vm`` for running VMs; a taken port costs the names, not the daemon."""
+        if not self.config.dns_listen:
+            return
+        host, _, port = self.config.dns_listen.rpartition(":")
+        try:
+            await self.dns.start(host, int(port))
+        except BangerError as exc:
+            log.warning("DNS server not started", extra={"error": exc.message})
 
     async def dispatch(self, method: str, params: dict[str, Any]) -> Any:
         from banger.daemon.methods import METHODS  # the table imports the services, which import this module
@@ -70,6 +109,11 @@ class Daemon:
     async def close(self) -> None:
         await self.server.close()
         await self.operations.close()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.network.close()
+        await self.dns.close()
         self.store.close()
         try:
             if self.layout.pid_file.read_text().strip() == str(os.getpid()):

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from banger import api
-from banger.errors import NotFound
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
@@ -82,26 +81,110 @@ async def vm_show(d: Daemon, p: api.VMRef) -> Any:
     return d.store.get_vm(p.ref)
 
 
+async def vm_create(d: Daemon, p: api.VMCreate) -> api.OperationStarted:
+    return api.OperationStarted(operation=d.vms.create(p))
+
+
+async def vm_start(d: Daemon, p: api.VMRefs) -> api.FanOutResult:
+    return api.FanOutResult(results=await d.vms.fan_out(p.refs, d.vms.start))
+
+
+async def vm_stop(d: Daemon, p: api.VMRefs) -> api.FanOutResult:
+    return api.FanOutResult(results=await d.vms.fan_out(p.refs, d.vms.stop))
+
+
+async def vm_restart(d: Daemon, p: api.VMRefs) -> api.FanOutResult:
+    return api.FanOutResult(results=await d.vms.fan_out(p.refs, d.vms.restart))
+
+
+async def vm_kill(d: Daemon, p: api.VMRefs) -> api.FanOutResult:
+    return api.FanOutResult(results=await d.vms.fan_out(p.refs, lambda r: d.vms.stop(r, graceful=False)))
+
+
+async def vm_delete(d: Daemon, p: api.VMRefs) -> api.FanOutResult:
+    return api.FanOutResult(results=await d.vms.fan_out(p.refs, d.vms.delete))
+
+
+async def vm_prune(d: Daemon, p: api.Empty) -> api.VMList:
+    return api.VMList(vms=await d.vms.prune())
+
+
+async def vm_set(d: Daemon, p: api.VMSet) -> Any:
+    return await d.vms.set(p)
+
+
+async def vm_logs(d: Daemon, p: api.VMLogs) -> api.VMLogsResult:
+    return d.vms.logs(p)
+
+
+async def vm_stats(d: Daemon, p: api.VMRef) -> api.VMStats:
+    return d.vms.stats(p.ref)
+
+
+async def vm_connect(d: Daemon, p: api.VMRef) -> api.VMConnectInfo:
+    return d.vms.connect_info(p.ref)
+
+
+async def vm_ports(d: Daemon, p: api.VMRefs) -> api.VMPortsResult:
+    return await d.vms.ports(p.refs)
+
+
 async def image_list(d: Daemon, p: api.Empty) -> api.ImageList:
-    return api.ImageList(images=d.store.list_images())
+    return api.ImageList(images=d.images.list_images())
 
 
 async def image_show(d: Daemon, p: api.ImageRef) -> Any:
-    image = d.store.find_image(p.name)
-    if image is None:
-        raise NotFound(f"no image named {p.name!r}", hint="`banger image list` shows local images")
-    return image
+    return d.images.get(p.name)
+
+
+async def image_build(d: Daemon, p: api.ImageBuild) -> api.OperationStarted:
+    return api.OperationStarted(operation=d.images.start_build(p.name, p.force, p.no_cache))
+
+
+async def image_pull(d: Daemon, p: api.ImagePull) -> api.OperationStarted:
+    return api.OperationStarted(operation=d.images.start_pull(p))
+
+
+async def image_export(d: Daemon, p: api.ImageExport) -> api.OperationStarted:
+    return api.OperationStarted(operation=d.images.start_export(p.name, p.output))
+
+
+async def image_register(d: Daemon, p: api.ImageRegister) -> api.OperationStarted:
+    return api.OperationStarted(operation=d.images.start_register(p))
+
+
+async def image_promote(d: Daemon, p: api.ImagePromote) -> Any:
+    return await d.images.promote(p.name)
+
+
+async def image_delete(d: Daemon, p: api.ImageRef) -> api.Ok:
+    await d.images.delete(p.name)
+    return api.Ok()
+
+
+async def image_cache_prune(d: Daemon, p: api.CachePrune) -> api.CachePruneResult:
+    return await d.images.prune_cache(p.dry_run)
 
 
 async def kernel_list(d: Daemon, p: api.KernelListParams) -> api.KernelList:
-    return api.KernelList(kernels=d.store.list_kernels())
+    return d.kernels.list_kernels(p.available)
 
 
 async def kernel_show(d: Daemon, p: api.KernelRef) -> Any:
-    kernel = d.store.find_kernel(p.name)
-    if kernel is None:
-        raise NotFound(f"no kernel named {p.name!r}", hint="`banger kernel list --available` shows what can be pulled")
-    return kernel
+    return d.kernels.get(p.name)
+
+
+async def kernel_pull(d: Daemon, p: api.KernelPull) -> api.OperationStarted:
+    return api.OperationStarted(operation=d.kernels.start_pull(p.name, p.force))
+
+
+async def kernel_rm(d: Daemon, p: api.KernelRef) -> api.Ok:
+    await d.kernels.remove(p.name)
+    return api.Ok()
+
+
+async def kernel_import(d: Daemon, p: api.KernelImport) -> Any:
+    return await d.kernels.import_kernel(p.name, p.vmlinux, p.initrd)
 
 
 METHODS: dict[str, Method] = {
@@ -114,8 +197,30 @@ METHODS: dict[str, Method] = {
     "operation.cancel": Method(api.OperationRef, operation_cancel),
     "vm.list": Method(api.Empty, vm_list),
     "vm.show": Method(api.VMRef, vm_show),
+    "vm.create": Method(api.VMCreate, vm_create),
+    "vm.start": Method(api.VMRefs, vm_start),
+    "vm.stop": Method(api.VMRefs, vm_stop),
+    "vm.restart": Method(api.VMRefs, vm_restart),
+    "vm.kill": Method(api.VMRefs, vm_kill),
+    "vm.delete": Method(api.VMRefs, vm_delete),
+    "vm.prune": Method(api.Empty, vm_prune),
+    "vm.set": Method(api.VMSet, vm_set),
+    "vm.logs": Method(api.VMLogs, vm_logs),
+    "vm.stats": Method(api.VMRef, vm_stats),
+    "vm.connect": Method(api.VMRef, vm_connect),
+    "vm.ports": Method(api.VMRefs, vm_ports),
     "image.list": Method(api.Empty, image_list),
     "image.show": Method(api.ImageRef, image_show),
+    "image.build": Method(api.ImageBuild, image_build),
+    "image.pull": Method(api.ImagePull, image_pull),
+    "image.export": Method(api.ImageExport, image_export),
+    "image.register": Method(api.ImageRegister, image_register),
+    "image.promote": Method(api.ImagePromote, image_promote),
+    "image.delete": Method(api.ImageRef, image_delete),
+    "image.cache.prune": Method(api.CachePrune, image_cache_prune),
     "kernel.list": Method(api.KernelListParams, kernel_list),
     "kernel.show": Method(api.KernelRef, kernel_show),
+    "kernel.pull": Method(api.KernelPull, kernel_pull),
+    "kernel.rm": Method(api.KernelRef, kernel_rm),
+    "kernel.import": Method(api.KernelImport, kernel_import),
 }

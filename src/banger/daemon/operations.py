@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,8 +29,10 @@ class OperationReporter:
 
     def __init__(self, op: Operation):
         self.op = op
+        self._stage_started = time.monotonic()
 
     def stage(self, name: str) -> None:
+        self.finish_stage()
         self.op.stage = name
         self.op.stages.append(name)
         self.op.done, self.op.total = 0, None
@@ -37,6 +40,12 @@ class OperationReporter:
 
     def progress(self, done: int, total: int | None = None) -> None:
         self.op.done, self.op.total = done, total
+
+    def finish_stage(self) -> None:
+        """Record how long the current stage took (benchmarks read these)."""
+        if self.op.stage:
+            self.op.timings[self.op.stage] = round(time.monotonic() - self._stage_started, 4)
+        self._stage_started = time.monotonic()
 
     def log(self, message: str) -> None:
         self.op.log.append(message)
@@ -58,8 +67,9 @@ class Operations:
         return op
 
     async def _run(self, op: Operation, work: Work) -> None:
+        reporter = OperationReporter(op)
         try:
-            op.result = await work(OperationReporter(op)) or {}
+            op.result = await work(reporter) or {}
             op.state = "succeeded"
         except asyncio.CancelledError:
             op.state = "cancelled"
@@ -70,6 +80,7 @@ class Operations:
             log.log(logging.INFO if op.error["code"] != -32603 else logging.ERROR,
                     "operation failed", extra={"op": op.id}, exc_info=op.error["code"] == -32603)
         finally:
+            reporter.finish_stage()
             op.finished_at = now()
             self._tasks.pop(op.id, None)
 

@@ -55,4 +55,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "vms.creating marks rows whose create has not finished (undone at daemon start)",
+        """
+        ALTER TABLE vms ADD COLUMN creating INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 ]

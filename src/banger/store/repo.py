@@ -38,6 +38,7 @@ class Store:
             vm_dir=row["vm_dir"],
             reason=row["reason"],
             workspace=Workspace.model_validate_json(row["workspace"]) if row["workspace"] else None,
+            creating=bool(row["creating"]),
             created_at=_ts(row["created_at"]),
             updated_at=_ts(row["updated_at"]),
             touched_at=_ts(row["touched_at"]),
@@ -60,11 +61,11 @@ class Store:
         try:
             self.conn.execute(
                 "INSERT INTO vms (id, name, spec, state, runtime, ip, mac, vm_dir, reason, workspace, image,"
-                " created_at, updated_at, touched_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " creating, created_at, updated_at, touched_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     vm.id, vm.name, vm.spec.model_dump_json(), vm.state, vm.runtime, vm.ip, vm.mac,
                     vm.vm_dir, vm.reason, vm.workspace.model_dump_json() if vm.workspace else None,
-                    vm.spec.image, vm.created_at.isoformat(), vm.updated_at.isoformat(),
+                    vm.spec.image, int(vm.creating), vm.created_at.isoformat(), vm.updated_at.isoformat(),
                     vm.touched_at.isoformat(),
                 ),
             )
@@ -78,12 +79,12 @@ class Store:
         """Persist ``changes`` (model field names) and return the updated VM."""
         updated = vm.model_copy(update={**changes, "updated_at": now()})
         self.conn.execute(
-            "UPDATE vms SET spec=?, state=?, runtime=?, ip=?, mac=?, reason=?, workspace=?, updated_at=?,"
+            "UPDATE vms SET spec=?, state=?, runtime=?, ip=?, mac=?, reason=?, workspace=?, creating=?, updated_at=?,"
             " touched_at=? WHERE id=?",
             (
                 updated.spec.model_dump_json(), updated.state, updated.runtime, updated.ip, updated.mac,
                 updated.reason, updated.workspace.model_dump_json() if updated.workspace else None,
-                updated.updated_at.isoformat(), updated.touched_at.isoformat(), vm.id,
+                int(updated.creating), updated.updated_at.isoformat(), updated.touched_at.isoformat(), vm.id,
             ),
         )
         return updated

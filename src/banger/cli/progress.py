@@ -1,0 +1,58 @@
+"""Following a daemon operation: stages and a progress bar on a TTY, silence otherwise.
+
+Ctrl-C cancels the operation in the daemon (whose undo stack cleans up) and exits 130.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from banger.cli import render
+from banger.client import Client
+from banger.errors import Cancelled, from_rpc_error
+from banger.model import Operation
+
+POLL = 0.25
+
+
+def follow(client: Client, op: Operation, *, quiet: bool = False) -> Operation:
+    """Wait for ``op`` to end, drawing its stages; raise its error if it failed."""
+    show = sys.stderr.isatty() and not quiet
+    try:
+        op = _draw(client, op) if show else _wait(client, op)
+    except KeyboardInterrupt:
+        render.err.print(f"cancelling {op.kind} {op.target} ...")
+        client.operation_cancel(op.id)
+        raise Cancelled(f"{op.kind} {op.target} was cancelled; nothing was left half-made") from None
+    if op.state != "succeeded":
+        raise from_rpc_error(op.error or {"message": f"{op.kind} {op.state}"})
+    return op
+
+
+def _wait(client: Client, op: Operation) -> Operation:
+    while op.state == "running":
+        op = client.operation_wait(op.id, timeout=5)
+    return op
+
+
+def _draw(client: Client, op: Operation) -> Operation:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=render.err, transient=False) as bar:
+        task = None
+        seen = 0
+        while True:
+            for stage in op.stages[seen:]:
+                if task is not None:
+                    bar.update(task, completed=bar.tasks[task].total or 1, total=bar.tasks[task].total or 1)
+                task = bar.add_task(stage, total=None)
+            seen = len(op.stages)
+            if task is not None:
+                bar.update(task, completed=op.done, total=op.total)
+            if op.state != "running":
+                if task is not None and op.state == "succeeded":
+                    bar.update(task, completed=op.total or 1, total=op.total or 1)
+                return op
+            op = client.operation_wait(op.id, timeout=POLL)

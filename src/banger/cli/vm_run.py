@@ -1,0 +1,137 @@
+"""``banger vm run | ssh | exec | ports``: getting into guests with the system ssh and banger's key."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from banger.api import VMConnectInfo
+from banger.cli import render
+from banger.cli.context import Context, pass_ctx
+from banger.cli.vm import _create_options, create_vm, json_option, vm
+from banger.config import parse_size
+from banger.errors import GuestError, InvalidArgument
+from banger.guest import ssh
+
+
+def ssh_into(info: VMConnectInfo, command: Sequence[str] | None, *, workdir: str | None = None) -> int:
+    """Run the system ssh into the VM (interactive without ``command``); its exit status."""
+    remote = None
+    if command:
+        shell = ssh.shell_command(list(command))
+        remote = [f"cd {shlex.quote(workdir)} && {shell}" if workdir else shell]
+    argv = ssh.ssh_argv(info.ip, key_path=Path(info.key_path), known_hosts=Path(info.known_hosts),
+                        command=remote, tty=command is None and sys.stdin.isatty(),
+                        strict=ssh.is_pinned(Path(info.known_hosts), info.ip))
+    return subprocess.run(argv).returncode
+
+
+def _spec_line(ctx: Context, opts: dict[str, object]) -> str:
+    d = ctx.config.vm_defaults
+    disk = parse_size(str(opts.get("disk_size") or d.disk_size))
+    image = opts.get("image") or ctx.config.default_image_name
+    return (f"spec: vcpu={opts.get('vcpu') or d.vcpu} memory={opts.get('memory_mib') or d.memory_mib}M "
+            f"disk={render.size(disk)} image={image} runtime={opts.get('runtime') or ctx.config.runtime}")
+
+
+@vm.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("path", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@_create_options
+@click.option("--rm", "remove", is_flag=True, help="Delete the VM when the session or command ends.")
+@click.option("-d", "--detach", is_flag=True, help="Create and start the VM, then return.")
+@pass_ctx
+def vm_run(ctx: Context, path: str | None, command: tuple[str, ...], remove: bool, detach: bool,
+           **opts: object) -> None:
+    """Create a VM and ssh into it, or run COMMAND there and exit with its status.
+
+    \b
+    banger vm run                       # bare sandbox, interactive ssh
+    banger vm run -- uname -r           # run a command, exit with its status
+    banger vm run --rm -- make test     # ... and delete the VM afterwards
+    """
+    if path is not None and path != "--" and not command and path.startswith("-"):
+        raise InvalidArgument(f"unknown option {path}")
+    if path is not None:
+        raise InvalidArgument(
+            f"cannot prepare {path!r} into the VM: workspaces are not available in this version of banger",
+            hint="run `banger vm run -- CMD` for a bare sandbox, and copy files in with `banger vm ssh`")
+    if detach and (remove or command):
+        raise InvalidArgument("-d/--detach runs the VM in the background: it takes neither --rm nor a command")
+    render.err.print(_spec_line(ctx, opts), markup=False)
+    try:
+        v = create_vm(ctx, opts)
+    except GuestError as exc:
+        if remove:
+            exc.hint = (exc.hint or "") + "; --rm kept the VM because SSH never came up"
+        raise
+    if detach:
+        render.out.print(v.name, markup=False)
+        render.err.print(f"VM {v.name} is running at {v.ip}: `banger vm ssh {v.name}`", markup=False)
+        return
+    rc = 255
+    try:
+        rc = ssh_into(ctx.client.vm_connect(v.name), command or None)
+    finally:
+        if remove:
+            _delete_uninterruptibly(ctx, v.name)
+        elif not command:
+            render.err.print(f"VM {v.name} is still running: `banger vm stop {v.name}` stops it, "
+                             f"`banger vm delete {v.name}` removes it", markup=False)
+    sys.exit(rc)
+
+
+def _delete_uninterruptibly(ctx: Context, name: str) -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C must not leave half a VM behind
+    try:
+        results = ctx.client.vm_action("delete", [name])
+        if not results[0]["ok"]:
+            render.err.print(f"could not delete VM {name}: {results[0]['error']['message']}", markup=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@vm.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("ref")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def vm_ssh(ctx: Context, ref: str, command: tuple[str, ...]) -> None:
+    """Open a shell in a VM, or run COMMAND there (exit status passes through)."""
+    sys.exit(ssh_into(ctx.client.vm_connect(ref), command or None))
+
+
+@vm.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("ref")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@pass_ctx
+def vm_exec(ctx: Context, ref: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in a VM (in its workspace directory, if it has one); exit with its status."""
+    info = ctx.client.vm_connect(ref)
+    sys.exit(ssh_into(info, command, workdir=info.workdir))
+
+
+@vm.command("ports")
+@click.argument("refs", nargs=-1, required=True)
+@json_option
+@pass_ctx
+def vm_ports(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:
+    """Listening TCP/UDP sockets in VMs, with the <name>.vm:port to reach each."""
+    results = ctx.client.vm_ports(list(refs))
+    if as_json:
+        render.as_json(results)
+    else:
+        rows = [[r.ref, li["proto"], f"{li['address']}:{li['port']}", li["process"],
+                 "(guest only)" if li["address"].startswith("127.") or li["address"] == "::1" else li["endpoint"]]
+                for r in results if r.ok for li in r.listeners]
+        render.table(["VM", "PROTO", "LISTEN", "PROCESS", "ENDPOINT"], rows, empty="no listening sockets")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        render.err.print(f"{r.ref}: error: {(r.error or {}).get('message')}", markup=False)
+    if failed:
+        sys.exit(1)

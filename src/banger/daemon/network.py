@@ -1,0 +1,116 @@
+"""NetworkService: the bridge, the warm TAP pool, guest addresses and per-VM NAT.
+
+Every host change goes through the ``Privileged`` seam. TAPs are never reused between VMs: a released TAP
+is deleted and the pool refilled in the background, so no state (MAC learning, queued frames) leaks from
+one VM to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+
+from banger import ipam
+from banger.config import Config
+from banger.host import net
+from banger.host.privileged import Privileged
+
+log = logging.getLogger("banger.daemon.network")
+
+
+class NetworkService:
+    """Owns the bridge, the TAP pool (a leaf lock) and NAT rules."""
+
+    def __init__(self, config: Config, priv: Privileged):
+        self.config = config
+        self.priv = priv
+        self.prefixlen = ipaddress.IPv4Network(config.cidr).prefixlen
+        self._bridge_ready = False
+        self._bridge_lock = asyncio.Lock()
+        self._pool: list[str] = []
+        self._pool_lock = asyncio.Lock()  # leaf lock
+        self._refill: asyncio.Task[None] | None = None
+
+    # --- addresses ----------------------------------------------------------------------------------
+
+    def allocate_ip(self, taken: set[str]) -> str:
+        """The lowest free guest address (the caller holds the create lock and inserts it at once)."""
+        return ipam.allocate(self.config.cidr, self.config.bridge_ip, taken)
+
+    # --- bridge -------------------------------------------------------------------------------------
+
+    async def ensure_bridge(self) -> None:
+        async with self._bridge_lock:
+            if not self._bridge_ready:
+                await self.priv.ensure_bridge(self.config.bridge_name, self.config.bridge_ip, self.prefixlen)
+                self._bridge_ready = True
+
+    # --- TAPs ---------------------------------------------------------------------------------------
+
+    async def acquire_tap(self) -> str:
+        """A TAP on the bridge for a starting VM: from the warm pool when one is ready."""
+        await self.ensure_bridge()
+        async with self._pool_lock:
+            tap = self._pool.pop() if self._pool else None
+        if tap is None or not await net.link_exists(tap):
+            tap = await self._new_tap()
+        self.schedule_refill()
+        return tap
+
+    async def release_tap(self, tap: str) -> None:
+        """Delete a VM's TAP (idempotent)."""
+        await self.priv.delete_tap(tap)
+
+    async def _new_tap(self) -> str:
+        name = ipam.tap_name(secrets.token_hex(8))
+        await self.priv.create_tap(name, self.config.bridge_name, None)
+        return name
+
+    def schedule_refill(self) -> None:
+        if self.config.tap_pool_size and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.create_task(self._fill_pool(), name="tap-pool-refill")
+
+    async def _fill_pool(self) -> None:
+        try:
+            await self.ensure_bridge()
+            while True:
+                async with self._pool_lock:
+                    if len(self._pool) >= self.config.tap_pool_size:
+                        return
+                tap = await self._new_tap()
+                async with self._pool_lock:
+                    self._pool.append(tap)
+        except Exception:
+            log.warning("could not refill the TAP pool; TAPs will be made on demand", exc_info=True)
+
+    async def sweep_taps(self, in_use: set[str]) -> list[str]:
+        """Delete every banger TAP not in ``in_use`` and not in the pool (daemon start); returns them."""
+        async with self._pool_lock:
+            keep = in_use | set(self._pool)
+        stale = [t for t in await net.list_links(ipam.TAP_PREFIX) if t not in keep]
+        for tap in stale:
+            await self.priv.delete_tap(tap)
+        return stale
+
+    async def close(self) -> None:
+        """Stop refilling and delete the idle pool TAPs (VM TAPs stay with their running VMs)."""
+        if self._refill is not None:
+            self._refill.cancel()
+            await asyncio.gather(self._refill, return_exceptions=True)
+        async with self._pool_lock:
+            pool, self._pool = self._pool, []
+        for tap in pool:
+            try:
+                await self.priv.delete_tap(tap)
+            except Exception:
+                log.warning("could not delete pool TAP", extra={"tap": tap}, exc_info=True)
+
+    # --- NAT ----------------------------------------------------------------------------------------
+
+    async def add_nat(self, vm_id: str, ip: str) -> None:
+        await self.priv.add_vm_nat(vm_id, ip, None)
+
+    async def remove_nat(self, vm_id: str) -> None:
+        await self.priv.remove_vm_nat(vm_id)

@@ -1,0 +1,149 @@
+"""Starting and stopping one VM: network, VMM launch, readiness, and releasing everything again.
+
+Callers hold the VM's lock. Each start step pushes its undo, so a failure or cancellation at any point
+leaves no TAP, NAT rule, VMM process or handles file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from banger import bootargs
+from banger.config import Config
+from banger.daemon.network import NetworkService
+from banger.daemon.runtime import RuntimeService
+from banger.daemon.vm_handles import WORK_DISK, Handles, read_handles, read_root_disk, remove_handles, write_handles
+from banger.errors import GuestError, HostError, OperationTimeout
+from banger.guest import provision, ssh
+from banger.host.vmm import Disk, LaunchSpec
+from banger.model import VM, Image, Kernel, now
+from banger.progress import Reporter
+from banger.store.repo import Store
+
+log = logging.getLogger("banger.daemon.vm")
+STOP_GRACE = 20.0
+
+
+class Lifecycle:
+    """Start/stop/kill mechanics shared by create, start, restart, delete and reconcile."""
+
+    def __init__(self, config: Config, store: Store, network: NetworkService, runtimes: RuntimeService,
+                 key_path: Path, known_hosts: Path):
+        self.config = config
+        self.key_path = key_path
+        self.known_hosts = known_hosts
+        self.store = store
+        self.network = network
+        self.runtimes = runtimes
+        self.running: dict[str, Handles] = {}  # vm id -> handles of VMs this daemon watches
+
+    def launch_spec(self, vm: VM, image: Image, kernel: Kernel, tap: str, accel: str) -> LaunchSpec:
+        vm_dir = Path(vm.vm_dir)
+        root = read_root_disk(vm_dir)
+        if root is None:
+            raise HostError(f"VM {vm.name!r} has no root disk record in {vm_dir}",
+                            hint=f"the VM is damaged; `banger vm delete {vm.name}` and create it again")
+        kdir = Path(kernel.dir)
+        modules = kdir / "modules.ext4"
+        disks = [Disk(root.path, format=root.format), Disk(vm_dir / WORK_DISK)]
+        if modules.exists():
+            disks.append(Disk(modules, read_only=True))
+        init = (image.manifest.get("extra") or {}).get("cmdline_init")
+        cmdline = bootargs.kernel_cmdline(
+            name=vm.name, ip=vm.ip or "", gateway=self.config.bridge_ip, cidr=self.config.cidr,
+            dns=self.config.default_dns, modules_disk=modules.exists(), init=init, runtime=vm.runtime or "qemu",
+            extra=self.config.vm_defaults.kernel_args,
+        )
+        initrd = kdir / "initrd.img"
+        return LaunchSpec(
+            vm_id=vm.id, name=vm.name, kernel=kdir / "vmlinux", initrd=initrd if initrd.exists() else None,
+            cmdline=cmdline, disks=tuple(disks), tap=tap, mac=vm.mac, vcpu=vm.spec.vcpu,
+            memory_mib=vm.spec.memory_mib, vm_dir=vm_dir, accel="kvm" if accel == "kvm" else "tcg",
+        )
+
+    async def start(self, vm: VM, image: Image, kernel: Kernel, accel: str, reporter: Reporter,
+                    *, wait: bool = True) -> VM:
+        """Boot ``vm``; on return it is running (and, with ``wait``, its sshd answers)."""
+        driver = self.runtimes.driver(vm.runtime or "qemu")
+        await self.provision(vm, reporter)
+        async with contextlib.AsyncExitStack() as undo:
+            reporter.stage("network")
+            tap = await self.network.acquire_tap()
+            undo.push_async_callback(self.network.release_tap, tap)
+            if vm.spec.nat:
+                await self.network.add_nat(vm.id, vm.ip or "")
+                undo.push_async_callback(self.network.remove_nat, vm.id)
+            reporter.stage(f"starting {vm.runtime}")
+            handle = await driver.launch(self.launch_spec(vm, image, kernel, tap, accel))
+            undo.push_async_callback(driver.kill, handle)
+            handles = Handles(handle, tap, vm.spec.nat, accel)
+            write_handles(Path(vm.vm_dir), handles)
+            undo.callback(remove_handles, Path(vm.vm_dir))
+            self.running[vm.id] = handles
+            undo.callback(self.running.pop, vm.id, None)
+            vm = self.store.update_vm(vm, state="running", reason=None, touched_at=now())
+            if wait:
+                reporter.stage("waiting for guest")
+                try:
+                    secs = await ssh.wait_ssh_ready(
+                        vm.ip or "", key_path=self.key_path, known_hosts=self.known_hosts,
+                        host_aliases=(f"{vm.name}.vm",), timeout=self.config.ready_timeout_seconds,
+                        alive=lambda: driver.is_alive(handle))
+                    reporter.log(f"guest answered on {vm.ip}:22 after {secs:.1f}s")
+                except OperationTimeout as exc:
+                    if driver.is_alive(handle):
+                        undo.pop_all()  # keep it running for inspection
+                        raise GuestError(
+                            f"VM {vm.name!r} booted but its sshd did not answer on {vm.ip}:22 within "
+                            f"{self.config.ready_timeout_seconds}s; sshd in the guest is the likely cause",
+                            hint=f"see `banger vm logs {vm.name}`; the VM was left running for inspection "
+                                 f"(`banger vm delete {vm.name}` removes it)",
+                        ) from exc
+                    raise GuestError(f"VM {vm.name!r} stopped during boot: {exc.message}",
+                                     hint=f"see `banger vm logs {vm.name}`") from exc
+            undo.pop_all()
+        return vm
+
+    async def provision(self, vm: VM, reporter: Reporter) -> None:
+        """Put banger's SSH key, the host's git identity and ``[[file_sync]]`` files on the work disk."""
+        reporter.stage("provisioning work disk")
+        files, warnings = provision.plan_files(
+            self.config.file_sync, Path.home(), public_key_line=ssh.public_key_line(self.key_path),
+            git_identity=await provision.host_git_identity(),
+        )
+        for warning in warnings:
+            reporter.log(f"warning: {warning}")
+        await provision.write_files(Path(vm.vm_dir) / WORK_DISK, files)
+
+    async def stop(self, vm: VM, *, graceful: bool = True, reason: str | None = None,
+                   state: str = "stopped") -> VM:
+        """Stop ``vm``'s VMM (ACPI/Ctrl-Alt-Del first when ``graceful``) and release its host resources."""
+        handles = self.running.get(vm.id) or read_handles(Path(vm.vm_dir))
+        if handles is not None:
+            driver = self.runtimes.driver(handles.vmm.runtime)
+            if graceful:
+                await driver.stop(handles.vmm, STOP_GRACE)
+            else:
+                await driver.kill(handles.vmm)
+        await self.release(vm, handles)
+        return self.store.update_vm(vm, state=state, reason=reason)
+
+    async def release(self, vm: VM, handles: Handles | None) -> None:
+        """Give back a stopped VM's TAP and NAT rules and forget its handles; collects every failure."""
+        errors: list[Exception] = []
+        steps = []
+        if handles is not None:
+            steps.append(self.network.release_tap(handles.tap))
+            if handles.nat:
+                steps.append(self.network.remove_nat(vm.id))
+        for step in steps:
+            try:
+                await step
+            except Exception as exc:
+                errors.append(exc)
+        self.running.pop(vm.id, None)
+        remove_handles(Path(vm.vm_dir))
+        if errors:
+            raise ExceptionGroup(f"releasing VM {vm.name!r} left {len(errors)} problem(s)", errors)

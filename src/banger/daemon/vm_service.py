@@ -1,0 +1,290 @@
+"""VMService: every VM request (create, start, stop, restart, kill, delete, prune, set, logs, stats).
+
+Locks: ``vm_lock`` (one per VM id) around anything that changes a VM; ``create_lock`` only around the
+millisecond "check name + allocate IP + insert row". Commands that take several VMs run concurrently and
+report per VM, in the order given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from banger import api
+from banger.config import Config, parse_size
+from banger.daemon.image_service import ImageService
+from banger.daemon.kernel_service import KernelService
+from banger.daemon.locks import KeyedLock
+from banger.daemon.network import NetworkService
+from banger.daemon.operations import Operations
+from banger.daemon.runtime import RuntimeService
+from banger.daemon.vm_create import build_spec, make_disks, new_vm, remove_disks
+from banger.daemon.vm_handles import WORK_DISK, read_handles, write_handles
+from banger.daemon.vm_lifecycle import Lifecycle
+from banger.errors import AlreadyExists, Conflict, GuestError, InvalidArgument, to_rpc_error
+from banger.guest import ports, ssh
+from banger.host import storage
+from banger.model import VM, Operation, VMSpec, now
+from banger.names import validate_name
+from banger.paths import Layout
+from banger.progress import NullReporter, Reporter
+from banger.store.repo import Store
+
+log = logging.getLogger("banger.daemon.vm")
+
+
+class VMService:
+    def __init__(self, config: Config, layout: Layout, store: Store, operations: Operations,
+                 images: ImageService, kernels: KernelService, network: NetworkService, runtimes: RuntimeService,
+                 key_path: Path):
+        self.config = config
+        self.layout = layout
+        self.store = store
+        self.operations = operations
+        self.images = images
+        self.kernels = kernels
+        self.network = network
+        self.runtimes = runtimes
+        self.key_path = key_path
+        self.lifecycle = Lifecycle(config, store, network, runtimes, key_path, layout.known_hosts)
+        self.vm_lock = KeyedLock("vm")
+        self.create_lock = asyncio.Lock()
+
+    # --- create -------------------------------------------------------------------------------------
+
+    def defaults(self) -> VMSpec:
+        d = self.config.vm_defaults
+        return VMSpec(vcpu=d.vcpu, memory_mib=d.memory_mib, disk_size=parse_size(d.disk_size),
+                      system_overlay_size=parse_size(d.system_overlay_size))
+
+    def create(self, req: api.VMCreate) -> Operation:
+        """Validate at once, then run the create as an operation the CLI follows."""
+        if req.name is not None:
+            validate_name("vm", req.name)
+            if self.store.find_vm(req.name) is not None:
+                raise AlreadyExists(f"a VM named {req.name!r} already exists",
+                                    hint="pick another --name, or `banger vm delete` the old one")
+        image_name = req.image or self.images.default_name()
+        validate_name("image", image_name)
+        spec = build_spec(req, self.defaults(), image_name, self.config.runtime)
+        return self.operations.start("vm.create", req.name or "(new VM)",
+                                     lambda r: self._create(req, spec, r))
+
+    async def _create(self, req: api.VMCreate, spec: VMSpec, reporter: Reporter) -> dict[str, Any]:
+        reporter.stage("resolving image")
+        image = await self.images.ensure(spec.image, reporter)
+        kernel = await self.kernels.ensure(spec.kernel or image.kernel_ref or self.config.default_kernel, reporter)
+        choice = await self.runtimes.choose(spec.runtime, Path(kernel.dir) / "vmlinux",
+                                            Path(kernel.dir) / "initrd.img")
+        reporter.log(choice.note)
+        async with self.create_lock:
+            vm = new_vm(req.name, spec, {v.name for v in self.store.list_vms()},
+                        self.network.allocate_ip(self.store.taken_ips()), self.layout.vms_dir)
+            vm = vm.model_copy(update={"runtime": choice.runtime, "creating": True})
+            self.store.insert_vm(vm)
+        async with self.vm_lock.hold(vm.id), contextlib.AsyncExitStack() as undo:
+            undo.push_async_callback(self._discard, vm)
+            reporter.stage("preparing disks")
+            await make_disks(vm, image)
+            if req.start:
+                try:
+                    vm = await self.lifecycle.start(vm, image, kernel, choice.accel, reporter)
+                except GuestError:
+                    if vm.id in self.lifecycle.running:  # left running for inspection: keep it
+                        undo.pop_all()
+                        self.store.update_vm(self.store.get_vm(vm.id), creating=False)
+                    raise
+            vm = self.store.update_vm(self.store.get_vm(vm.id), creating=False)
+            undo.pop_all()
+        return {"vm": vm.model_dump(mode="json"), "note": choice.note}
+
+    async def _discard(self, vm: VM) -> None:
+        """Undo a create: VMM, TAP, NAT, disks, directory, row."""
+        current = self.store.find_vm(vm.id) or vm
+        handles = self.lifecycle.running.get(vm.id) or read_handles(Path(vm.vm_dir))
+        if handles is not None:
+            await self.runtimes.driver(handles.vmm.runtime).kill(handles.vmm)
+        await self.lifecycle.release(current, handles)
+        await remove_disks(current)
+        self.store.delete_vm(vm.id)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self, ref: str) -> VM:
+        vm = self.store.get_vm(ref)
+        async with self.vm_lock.hold(vm.id):
+            vm = self.store.get_vm(vm.id)
+            if vm.state == "running":
+                return vm
+            image = await self.images.ensure(vm.spec.image, NullReporter())
+            kernel = await self.kernels.ensure(vm.spec.kernel or image.kernel_ref or self.config.default_kernel,
+                                               NullReporter())
+            choice = await self.runtimes.choose(vm.runtime or "qemu", Path(kernel.dir) / "vmlinux",
+                                                Path(kernel.dir) / "initrd.img")
+            return await self.lifecycle.start(vm, image, kernel, choice.accel, NullReporter())
+
+    async def stop(self, ref: str, *, graceful: bool = True) -> VM:
+        vm = self.store.get_vm(ref)
+        async with self.vm_lock.hold(vm.id):
+            vm = self.store.get_vm(vm.id)
+            if vm.state != "running" and read_handles(Path(vm.vm_dir)) is None:
+                return vm
+            return await self.lifecycle.stop(vm, graceful=graceful, reason=None if graceful else "killed")
+
+    async def restart(self, ref: str) -> VM:
+        await self.stop(ref)
+        return await self.start(ref)
+
+    async def delete(self, ref: str) -> VM:
+        vm = self.store.get_vm(ref)
+        async with self.vm_lock.hold(vm.id):
+            vm = self.store.get_vm(vm.id)
+            await self._discard(vm)
+            ssh.forget_host(self.layout.known_hosts, *(n for n in (vm.ip, f"{vm.name}.vm") if n))
+            log.info("vm deleted", extra={"vm": vm.name, "id": vm.id})
+            return vm
+
+    async def prune(self) -> list[VM]:
+        """Delete every VM that is not running."""
+        victims = [v for v in self.store.list_vms() if v.state != "running" and not v.creating]
+        results = await self.fan_out([v.id for v in victims], self.delete)
+        return [VM.model_validate(r["vm"]) for r in results if r["ok"]]
+
+    async def fan_out(self, refs: list[str], action: Callable[[str], Awaitable[VM]]) -> list[dict[str, Any]]:
+        """Run ``action`` on every ref concurrently; one result per ref, in order, failures included."""
+        async def one(ref: str) -> dict[str, Any]:
+            try:
+                return {"ref": ref, "ok": True, "vm": (await action(ref)).model_dump(mode="json")}
+            except Exception as exc:
+                return {"ref": ref, "ok": False, "error": to_rpc_error(exc)}
+
+        return list(await asyncio.gather(*(one(r) for r in refs)))
+
+    # --- set ----------------------------------------------------------------------------------------
+
+    async def set(self, req: api.VMSet) -> VM:
+        vm = self.store.get_vm(req.ref)
+        async with self.vm_lock.hold(vm.id):
+            vm = self.store.get_vm(vm.id)
+            spec = vm.spec.model_copy()
+            if req.disk_size is not None:
+                await self._resize(vm, req.disk_size)
+                spec.disk_size = parse_size(req.disk_size)
+            if req.vcpu is not None:
+                spec.vcpu = req.vcpu
+            if req.memory_mib is not None:
+                spec.memory_mib = req.memory_mib
+            if req.nat is not None and req.nat != spec.nat:
+                await self._set_nat(vm, req.nat)
+                spec.nat = req.nat
+            return self.store.update_vm(vm, spec=spec)
+
+    async def _resize(self, vm: VM, size_text: str) -> None:
+        try:
+            size = parse_size(size_text)
+        except ValueError as exc:
+            raise InvalidArgument(f"--disk-size: {exc}") from exc
+        if vm.state == "running":
+            raise Conflict(f"VM {vm.name!r} is running; its work disk can only be resized while stopped",
+                           hint=f"`banger vm stop {vm.name}` first")
+        await storage.resize_work_disk(Path(vm.vm_dir) / WORK_DISK, size)
+
+    async def _set_nat(self, vm: VM, enabled: bool) -> None:
+        handles = self.lifecycle.running.get(vm.id)
+        if vm.state != "running" or handles is None:
+            return  # applied at the next start
+        if enabled:
+            await self.network.add_nat(vm.id, vm.ip or "")
+        else:
+            await self.network.remove_nat(vm.id)
+        handles.nat = enabled
+        write_handles(Path(vm.vm_dir), handles)
+
+    # --- guest access -------------------------------------------------------------------------------
+
+    def running_vm(self, ref: str) -> VM:
+        vm = self.store.get_vm(ref)
+        if vm.state != "running" or not vm.ip:
+            raise Conflict(f"VM {vm.name!r} is {vm.state}, not running",
+                           hint=f"`banger vm start {vm.name}` first")
+        return vm
+
+    def connect_info(self, ref: str) -> api.VMConnectInfo:
+        """Where and how to ssh into a running VM; counts as use for the stale reaper."""
+        vm = self.running_vm(ref)
+        self.store.update_vm(vm, touched_at=now())
+        return api.VMConnectInfo(name=vm.name, ip=vm.ip or "", key_path=str(self.key_path),
+                                 known_hosts=str(self.layout.known_hosts),
+                                 workdir=vm.workspace.guest_path if vm.workspace else None)
+
+    def resolve_dns(self, name: str) -> str | None:
+        """The address of running VM ``name`` (the ``.vm`` DNS server asks)."""
+        vm = self.store.find_vm(name)
+        return vm.ip if vm is not None and vm.state == "running" and vm.name == name else None
+
+    async def ports(self, refs: list[str]) -> api.VMPortsResult:
+        async def one(ref: str) -> api.VMPorts:
+            try:
+                vm = self.running_vm(ref)
+                conn = await ssh.connect(vm.ip or "", key_path=self.key_path, known_hosts=self.layout.known_hosts,
+                                         host_aliases=(f"{vm.name}.vm",))
+                async with conn:
+                    result = await ssh.exec(conn, ports.SS_COMMAND)
+                if result.exit_status != 0:
+                    raise GuestError(f"`{ports.SS_COMMAND}` failed in VM {vm.name!r}: {result.stderr.decode()[-200:]}")
+                found = [{**dataclasses.asdict(li), "endpoint": li.endpoint(vm.name)}
+                         for li in ports.parse_ss(result.stdout.decode())]
+                return api.VMPorts(ref=ref, listeners=found)
+            except Exception as exc:
+                return api.VMPorts(ref=ref, ok=False, error=to_rpc_error(exc))
+
+        return api.VMPortsResult(vms=list(await asyncio.gather(*(one(r) for r in refs))))
+
+    # --- observation --------------------------------------------------------------------------------
+
+    def logs(self, req: api.VMLogs) -> api.VMLogsResult:
+        vm = self.store.get_vm(req.ref)
+        path = Path(vm.vm_dir) / "console.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(req.offset)
+                data = f.read(req.max_bytes)
+        except FileNotFoundError:
+            data = b""
+        return api.VMLogsResult(data=data.decode(errors="replace"), offset=req.offset + len(data))
+
+    def stats(self, ref: str) -> api.VMStats:
+        vm = self.store.get_vm(ref)
+        vm_dir = Path(vm.vm_dir)
+        stats: dict[str, Any] = {"state": vm.state, "disks": _disk_usage(vm_dir)}
+        handles = self.lifecycle.running.get(vm.id)
+        if handles is not None:
+            stats.update(_process_stats(handles.vmm.pid))
+            stats["tap"] = handles.tap
+        return api.VMStats(ref=vm.name, stats=stats)
+
+
+def _disk_usage(vm_dir: Path) -> dict[str, dict[str, int]]:
+    out = {}
+    for name in ("root.qcow2", "root.ext4", WORK_DISK):
+        with contextlib.suppress(OSError):
+            st = (vm_dir / name).stat()
+            out[name] = {"size": st.st_size, "allocated": st.st_blocks * 512}
+    return out
+
+
+def _process_stats(pid: int) -> dict[str, Any]:
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].split()
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return {"pid": pid, "cpu_seconds": (int(fields[11]) + int(fields[12])) / ticks, "rss_bytes": rss * 1024}
