@@ -13,10 +13,9 @@ those lines, leaving the rest of the file byte-identical.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
+
+from banger.files import write_atomic
 
 BEGIN = "# >>> banger >>> managed by `banger ssh-config`; remove with `banger ssh-config --uninstall`"
 END = "# <<< banger <<<"
@@ -89,18 +88,7 @@ def _user_config(home: Path) -> Path:
 
 def _write(path: Path, text: str, default_mode: int) -> None:
     mode = path.stat().st_mode & 0o777 if path.exists() else default_mode
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
+    write_atomic(path, text.encode(), mode)
 def install(home: Path, config_path: Path, key_path: Path, known_hosts: Path) -> bool:
     """Write banger's ssh config and Include it from ``home/.ssh/config``; True if that file changed."""
     config_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -6,6 +6,7 @@ tests need no VM; they cover what a guest's sshd does: key auth for root, exit s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -17,7 +18,6 @@ import pytest
 
 from banger.errors import GuestError, OperationTimeout
 from banger.guest import ssh
-from banger.guest.readiness import wait_ssh_banner
 from banger.host.run import run, run_sync
 
 SSHD = "/usr/sbin/sshd"
@@ -94,8 +94,23 @@ def test_ensure_key_creates_private_key_and_pub(tmp_path: Path) -> None:
     assert derived == pub.split()[:2]
 
 
+async def wait_listening(port: int, timeout: float = 10) -> None:
+    """Until sshd accepts connections on 127.0.0.1:``port``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 async def test_first_use_pins_then_exec(sshd: Sshd, client: dict) -> None:
-    await wait_ssh_banner("127.0.0.1", port=sshd.port, timeout=10)
+    await wait_listening(sshd.port)
     conn = await ssh.connect("127.0.0.1", host_aliases=["dev.vm"], timeout=10, **client)
     async with conn:
         result = await ssh.exec(conn, "echo hi; echo oops >&2; exit 7")

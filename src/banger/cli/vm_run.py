@@ -20,6 +20,21 @@ from banger.errors import GuestError, InvalidArgument
 from banger.guest import ssh
 
 
+class DashDash(click.Command):
+    """A command whose arguments after the first ``--`` are a guest command, kept verbatim."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["guest_command"] = tuple(args[cut + 1:])
+            args = args[:cut]
+        return super().parse_args(ctx, args)
+
+
+def guest_command() -> tuple[str, ...]:
+    return tuple(click.get_current_context().meta.get("guest_command", ()))
+
+
 def ssh_into(info: VMConnectInfo, command: Sequence[str] | None, *, workdir: str | None = None) -> int:
     """Run the system ssh into the VM (interactive without ``command``); its exit status."""
     remote = None
@@ -40,15 +55,13 @@ def _spec_line(ctx: Context, opts: dict[str, object]) -> str:
             f"disk={render.size(disk)} image={image} runtime={opts.get('runtime') or ctx.config.runtime}")
 
 
-@vm.command("run", context_settings={"ignore_unknown_options": True})
+@vm.command("run", cls=DashDash)
 @click.argument("path", required=False)
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @_create_options
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM when the session or command ends.")
 @click.option("-d", "--detach", is_flag=True, help="Create and start the VM, then return.")
 @pass_ctx
-def vm_run(ctx: Context, path: str | None, command: tuple[str, ...], remove: bool, detach: bool,
-           **opts: object) -> None:
+def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: object) -> None:
     """Create a VM and ssh into it, or run COMMAND there and exit with its status.
 
     \b
@@ -56,8 +69,7 @@ def vm_run(ctx: Context, path: str | None, command: tuple[str, ...], remove: boo
     banger vm run -- uname -r           # run a command, exit with its status
     banger vm run --rm -- make test     # ... and delete the VM afterwards
     """
-    if path is not None and path != "--" and not command and path.startswith("-"):
-        raise InvalidArgument(f"unknown option {path}")
+    command = guest_command()
     if path is not None:
         raise InvalidArgument(
             f"cannot prepare {path!r} into the VM: workspaces are not available in this version of banger",
@@ -97,21 +109,22 @@ def _delete_uninterruptibly(ctx: Context, name: str) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-@vm.command("ssh", context_settings={"ignore_unknown_options": True})
+@vm.command("ssh", cls=DashDash)
 @click.argument("ref")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
-def vm_ssh(ctx: Context, ref: str, command: tuple[str, ...]) -> None:
-    """Open a shell in a VM, or run COMMAND there (exit status passes through)."""
-    sys.exit(ssh_into(ctx.client.vm_connect(ref), command or None))
+def vm_ssh(ctx: Context, ref: str) -> None:
+    """Open a shell in a VM, or run the command after `--` there (exit status passes through)."""
+    sys.exit(ssh_into(ctx.client.vm_connect(ref), guest_command() or None))
 
 
-@vm.command("exec", context_settings={"ignore_unknown_options": True})
+@vm.command("exec", cls=DashDash)
 @click.argument("ref")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @pass_ctx
-def vm_exec(ctx: Context, ref: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND in a VM (in its workspace directory, if it has one); exit with its status."""
+def vm_exec(ctx: Context, ref: str) -> None:
+    """Run the command after `--` in a VM (in its workspace directory, if any); exit with its status."""
+    command = guest_command()
+    if not command:
+        raise InvalidArgument("no command given", hint=f"banger vm exec {ref} -- CMD ...")
     info = ctx.client.vm_connect(ref)
     sys.exit(ssh_into(info, command, workdir=info.workdir))
 

@@ -7,11 +7,11 @@ start itself; it is written right after the VMM launches and removed once everyt
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from banger.files import write_atomic
 from banger.host.storage import RootDisk
 from banger.host.vmm import Handle
 
@@ -38,9 +38,7 @@ class Handles:
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2).encode(), 0o600)
 
 
 def write_handles(vm_dir: Path, handles: Handles) -> None:

@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import asyncssh
 
 from banger.errors import GuestError, InvalidArgument, OperationTimeout
+from banger.files import write_atomic
 
 HOST_KEY_CHANGED = "host-key-changed"
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")
@@ -50,11 +50,11 @@ def ensure_key(path: Path) -> Path:
     os.chmod(path.parent, 0o700)
     if path.exists():
         if not path.with_name(path.name + ".pub").exists():
-            _write_atomic(path.with_name(path.name + ".pub"), _load_key(path).export_public_key(), 0o644)
+            write_atomic(path.with_name(path.name + ".pub"), _load_key(path).export_public_key(), 0o644)
         return path
     key = asyncssh.generate_private_key("ssh-ed25519", comment="banger")
-    _write_atomic(path.with_name(path.name + ".pub"), key.export_public_key(), 0o644)
-    _write_atomic(path, key.export_private_key(), 0o600)
+    write_atomic(path.with_name(path.name + ".pub"), key.export_public_key(), 0o644)
+    write_atomic(path, key.export_private_key(), 0o600)
     return path
 
 
@@ -71,20 +71,6 @@ def _load_key(path: Path) -> asyncssh.SSHKey:
             f"cannot read banger's SSH key {path}: {exc}",
             hint="fix ssh_key_path in config.toml, or delete the file so banger makes a new key",
         ) from exc
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, created with ``mode`` (never briefly world-readable)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # --- banger's known_hosts ---------------------------------------------------------------------------
@@ -142,7 +128,7 @@ def pin_host_key(known_hosts: Path, hosts: Sequence[str], key: str, port: int = 
             return
         lines = known_hosts.read_text().splitlines(keepends=True) if known_hosts.exists() else []
         keep = [ln for ln in lines if not set(patterns).intersection(_line_patterns(ln))]
-        _write_atomic(known_hosts, "".join([*keep, f"{','.join(patterns)} {key}\n"]).encode(), 0o600)
+        write_atomic(known_hosts, "".join([*keep, f"{','.join(patterns)} {key}\n"]).encode(), 0o600)
 
 
 def _line_patterns(line: str) -> list[str]:
@@ -160,7 +146,7 @@ def forget_host(known_hosts: Path, *names: str, port: int = 22) -> int:
             return 0
         keep = [ln for ln in lines if not drop.intersection(_line_patterns(ln))]
         if len(keep) != len(lines):
-            _write_atomic(known_hosts, "".join(keep).encode(), 0o600)
+            write_atomic(known_hosts, "".join(keep).encode(), 0o600)
         return len(lines) - len(keep)
 
 

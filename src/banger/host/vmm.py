@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import time
@@ -21,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 from banger.errors import HostError, InvalidArgument
 from banger.host.netns import netns_argv
+from banger.ipam import mac_for
 
 CONSOLE_LOG = "console.log"
 VMM_LOG = "vmm.log"
@@ -146,12 +146,6 @@ def driver_for(runtime: str, *, firecracker_bin: str, qemu_bin: str) -> VMM:
 
         return QemuVMM(qemu_bin)
     raise InvalidArgument(f"unknown VM runtime {runtime!r}", hint="use 'firecracker' or 'qemu'")
-
-
-def mac_for(vm_id: str) -> str:
-    """A stable, locally administered unicast MAC derived from ``vm_id``."""
-    digest = hashlib.sha256(vm_id.encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def in_netns(netns: str | None, argv: list[str]) -> list[str]:

@@ -8,11 +8,9 @@ Everything is staged in a hidden sibling of ``dest`` and renamed into place only
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +23,7 @@ from banger.images.oci_boot import BootPlan, exists, inside, install_glue
 from banger.images.oci_layers import apply_layer
 from banger.images.oci_registry import BlobCache, ImageManifestRef, RegistryClient, parse_reference
 from banger.progress import Reporter
+from banger.threads import in_thread
 
 T = TypeVar("T")
 
@@ -43,16 +42,6 @@ class _Offset:
 
     def log(self, message: str) -> None:
         self.reporter.log(message)
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking ``fn`` in a thread; on cancellation wait for it to stop before re-raising."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
 
 
 async def pull_oci(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from banger.errors import IntegrityError
 from banger.host import ext4
@@ -27,22 +25,9 @@ from banger.kernels.manifest import (
 )
 from banger.kernels.vmlinux import extract_vmlinux
 from banger.progress import Reporter
+from banger.threads import in_thread
 
 T = TypeVar("T")
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking ``fn`` in a thread; on cancellation wait for it to stop before re-raising.
-
-    A cancelled ``to_thread`` keeps running in its thread; letting it finish first means the caller's
-    cleanup (removing the staging directory) cannot race with a thread still writing into it.
-    """
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
 
 
 def _resolved(p: Package) -> ResolvedPackage:

@@ -16,7 +16,7 @@ from pathlib import Path
 from banger.errors import AlreadyExists, InvalidArgument, NotFound
 from banger.host import http
 from banger.kernels import elf
-from banger.kernels.build import build_debian_kernel, in_thread
+from banger.kernels.build import build_debian_kernel
 from banger.kernels.catalog import CatalogEntry, DebianSource, UrlSource
 from banger.kernels.manifest import (
     INITRD,
@@ -29,6 +29,7 @@ from banger.kernels.manifest import (
 )
 from banger.names import validate_name
 from banger.progress import NullReporter, Reporter
+from banger.threads import in_thread
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
