@@ -7,11 +7,11 @@ each name below to a handler; the client has one method per name.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from banger.model import VM, Image, Kernel, Operation, RuntimeChoice
+from banger.model import VM, Image, Kernel, Operation, RuntimeChoice, Workspace
 
 
 class Params(BaseModel):
@@ -49,6 +49,7 @@ class DaemonStatus(PingResult):
     kernels: int = 0
     operations_running: int = 0
     schema_version: int = 0
+    dns: str = ""  # e.g. "serving 127.0.0.1:42069" or why not
 
 
 class OperationRef(Params):
@@ -140,6 +141,54 @@ class VMPorts(Result):
 
 class VMPortsResult(Result):
     vms: list[VMPorts]
+
+
+# --- workspaces ---------------------------------------------------------------------------------------
+
+
+class WorkspacePrepare(Params):
+    ref: str | None = None  # VM name or id, e.g. "dev"; only a dry run may omit it (it checks the repo)
+    path: str  # absolute host path in the repository, e.g. "/home/me/src/app"
+    mode: Literal["shallow", "full_copy"] = "shallow"  # shallow: HEAD's commit only; full_copy: all of .git
+    include_untracked: bool = False  # also ship untracked files that are not ignored
+    guest_path: str | None = None  # default "/root/repo"; must stay under /root
+    branch: str | None = None  # guest-only branch to create and check out, e.g. "agent/try-1"
+    from_ref: str | None = None  # start that branch at this commit instead of HEAD, e.g. "v1.2"
+    dry_run: bool = False  # list what would be shipped; the VM is not touched
+    no_bootstrap: bool = False  # skip the background `mise install`
+
+
+class ShippedFile(Result):
+    path: str  # relative to the repository root, e.g. "src/main.py"
+    size: int  # bytes
+
+
+class WorkspacePrepareResult(Result):
+    workspace: Workspace | None = None  # the recorded workspace (None in a dry run)
+    dry_run: bool = False
+    files: list[ShippedFile] = Field(default_factory=list)  # dry run only: every work-tree path shipped
+    file_count: int = 0  # work-tree paths shipped, e.g. 212
+    file_bytes: int = 0  # their total size
+    history_bytes: int = 0  # dry run: size of the git objects that would go along (estimate)
+    bytes_sent: int = 0  # size of the tar stream actually sent (files + .git)
+    seconds: float = 0.0  # wall time of the prepare
+    head_commit: str | None = None  # dry run: the commit the guest HEAD would equal
+    host_root: str | None = None  # dry run: the repository's top level, e.g. "/home/me/src/app"
+    notes: list[str] = Field(default_factory=list)  # one-line notes, e.g. why tool bootstrap was skipped
+
+
+class WorkspaceExport(Params):
+    ref: str  # VM name or id
+    base_commit: str | None = None  # diff against this; default: the workspace's recorded head commit
+
+
+class WorkspaceExportResult(Result):
+    base_ref: str  # the base as given or recorded, e.g. "HEAD~2" or a 40-hex commit
+    base_commit: str  # what it resolved to in the guest (40 hex)
+    changed_paths: list[str]  # every path the patch touches, e.g. ["README.md", "new file.bin"]
+    patch_bytes: int  # size of the patch
+    patch_b64: str | None = None  # the patch, base64, when it is at most 8 MiB
+    patch_path: str | None = None  # otherwise a file on the daemon's host; the reader removes it
 
 
 class OperationStarted(Result):
@@ -237,40 +286,3 @@ class Check(Result):
 
 class DoctorResult(Result):
     checks: list[Check]
-
-
-METHOD_NAMES = (
-    "daemon.ping",
-    "daemon.status",
-    "daemon.shutdown",
-    "daemon.operations.list",
-    "operation.get",
-    "operation.wait",
-    "operation.cancel",
-    "vm.list",
-    "vm.show",
-    "vm.create",
-    "vm.start",
-    "vm.stop",
-    "vm.restart",
-    "vm.kill",
-    "vm.delete",
-    "vm.prune",
-    "vm.set",
-    "vm.logs",
-    "vm.stats",
-    "image.list",
-    "image.show",
-    "image.build",
-    "image.pull",
-    "image.export",
-    "image.register",
-    "image.promote",
-    "image.delete",
-    "image.cache.prune",
-    "kernel.list",
-    "kernel.show",
-    "kernel.pull",
-    "kernel.rm",
-    "kernel.import",
-)

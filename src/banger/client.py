@@ -18,7 +18,6 @@ from pydantic import BaseModel
 
 from banger import __version__, api, rpc
 from banger.errors import DaemonUnavailable, ProtocolError, from_rpc_error
-from banger.host.run import spawn_detached
 from banger.model import VM, Image, Kernel, Operation
 from banger.paths import Layout
 
@@ -71,6 +70,8 @@ class Client:
 
     @classmethod
     def _start(cls, layout: Layout) -> Client:
+        from banger.host.run import spawn_detached  # asyncio and friends: only when starting the daemon
+
         layout.ensure()
         pid = spawn_detached([sys.executable, "-m", "banger.daemon"], log_path=layout.daemon_stdio_log)
         deadline = time.monotonic() + START_TIMEOUT
@@ -191,6 +192,12 @@ class Client:
 
     def vm_stats(self, ref: str) -> api.VMStats:
         return self._typed(api.VMStats, "vm.stats", api.VMRef(ref=ref))
+
+    def vm_workspace_prepare(self, req: api.WorkspacePrepare) -> api.WorkspacePrepareResult:
+        return self._typed(api.WorkspacePrepareResult, "vm.workspace.prepare", req)
+
+    def vm_workspace_export(self, req: api.WorkspaceExport) -> api.WorkspaceExportResult:
+        return self._typed(api.WorkspaceExportResult, "vm.workspace.export", req)
 
     # --- images and kernels -------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from banger.cli import daemon, doctor, image, kernel, ssh_config, vm, vm_run  # noqa: F401  (vm_run adds to vm)
+    from banger.cli import daemon, doctor, image, kernel, ssh_config, vm, vm_run, workspace  # noqa: F401  (add to vm)
 
     cli.add_command(vm.vm)
     cli.add_command(vm.ps)

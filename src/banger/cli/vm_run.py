@@ -12,12 +12,11 @@ from pathlib import Path
 import click
 
 from banger.api import VMConnectInfo
-from banger.cli import render
+from banger.cli import render, workspace
 from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import _create_options, create_vm, json_option, vm
 from banger.config import parse_size
 from banger.errors import GuestError, InvalidArgument
-from banger.guest import ssh
 
 
 class DashDash(click.Command):
@@ -37,6 +36,8 @@ def guest_command() -> tuple[str, ...]:
 
 def ssh_into(info: VMConnectInfo, command: Sequence[str] | None, *, workdir: str | None = None) -> int:
     """Run the system ssh into the VM (interactive without ``command``); its exit status."""
+    from banger.guest import ssh  # imports asyncssh: only commands that ssh pay for it
+
     remote = None
     if command:
         shell = ssh.shell_command(list(command))
@@ -68,12 +69,11 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
     banger vm run                       # bare sandbox, interactive ssh
     banger vm run -- uname -r           # run a command, exit with its status
     banger vm run --rm -- make test     # ... and delete the VM afterwards
+    banger vm run ./repo -- make test   # repo copied to /root/repo, command run there
     """
     command = guest_command()
-    if path is not None:
-        raise InvalidArgument(
-            f"cannot prepare {path!r} into the VM: workspaces are not available in this version of banger",
-            hint="run `banger vm run -- CMD` for a bare sandbox, and copy files in with `banger vm ssh`")
+    if path is not None:  # a repo in a state prepare refuses fails here, before any VM exists
+        ctx.client.vm_workspace_prepare(workspace.prepare_request(None, path, dry_run=True))
     if detach and (remove or command):
         raise InvalidArgument("-d/--detach runs the VM in the background: it takes neither --rm nor a command")
     render.err.print(_spec_line(ctx, opts), markup=False)
@@ -83,13 +83,17 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
         if remove:
             exc.hint = (exc.hint or "") + "; --rm kept the VM because SSH never came up"
         raise
+    if path is not None:
+        _prepare_workspace(ctx, v.name, path, remove)
     if detach:
         render.out.print(v.name, markup=False)
         render.err.print(f"VM {v.name} is running at {v.ip}: `banger vm ssh {v.name}`", markup=False)
         return
     rc = 255
     try:
-        rc = ssh_into(ctx.client.vm_connect(v.name), command or None)
+        info = ctx.client.vm_connect(v.name)
+        rc = ssh_into(info, command or None, workdir=info.workdir) if command or not info.workdir \
+            else _shell_in(info)
     finally:
         if remove:
             _delete_uninterruptibly(ctx, v.name)
@@ -97,6 +101,27 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
             render.err.print(f"VM {v.name} is still running: `banger vm stop {v.name}` stops it, "
                              f"`banger vm delete {v.name}` removes it", markup=False)
     sys.exit(rc)
+
+
+def _prepare_workspace(ctx: Context, name: str, path: str, remove: bool) -> None:
+    """Ship the repo at ``path`` into the new VM; with --rm a failure deletes the VM again."""
+    try:
+        workspace.print_prepared(ctx.client.vm_workspace_prepare(workspace.prepare_request(name, path)))
+    except BaseException:
+        if remove:
+            _delete_uninterruptibly(ctx, name)
+        raise
+
+
+def _shell_in(info: VMConnectInfo) -> int:
+    """An interactive login shell in the VM's workspace directory."""
+    from banger.guest import ssh
+
+    remote = [f"cd {shlex.quote(info.workdir or '/root')} && exec bash -l"]
+    argv = ssh.ssh_argv(info.ip, key_path=Path(info.key_path), known_hosts=Path(info.known_hosts),
+                        command=remote, tty=sys.stdin.isatty(),
+                        strict=ssh.is_pinned(Path(info.known_hosts), info.ip))
+    return subprocess.run(argv).returncode
 
 
 def _delete_uninterruptibly(ctx: Context, name: str) -> None:

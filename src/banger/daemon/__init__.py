@@ -15,8 +15,25 @@ Modules:
 - ``image_service``   ImageService: ``<state>/images`` + images table; build (golden), pull (catalog, bundle
                   URL/file, OCI registry), export, register, promote, delete, cache prune; every producer
                   writes into a work dir, the image's kernel is ensured, then one rename + row commits it.
+- ``vm_service``  VMService: every VM request (create, start/stop/restart/kill/delete, prune, set, logs,
+                  stats, connect, ports); owns the per-VM lock and the create lock; fans out multi-VM calls.
+- ``vm_create``   the create pipeline's pure parts and disk steps (spec, row, root + work disk).
+- ``vm_lifecycle``  Lifecycle: provision the work disk, TAP + NAT, VMM launch, SSH readiness, stop, release.
+- ``vm_handles``  ``handles.json`` (running VM's pid, sockets, TAP, NAT) and ``disks.json`` per VM dir.
+- ``reconcile``   at start: re-adopt live VMMs, undo interrupted creates, mark dead VMs, sweep TAPs;
+                  while running: the dead-VMM watcher and the stale reaper.
+- ``network``     NetworkService: bridge, warm TAP pool (leaf lock), guest IPs, per-VM NAT.
+- ``runtime``     RuntimeService: auto|firecracker|qemu from the cached KVM boot probe; VMM drivers.
+- ``workspace_service``  WorkspaceService: ``vm.workspace.prepare`` (host repo -> one tar over SSH -> guest
+                  git repo whose HEAD is the host's) and ``vm.workspace.export`` (one binary patch via a
+                  throwaway index); owns the per-VM workspace lock and never takes the VM lock.
+- ``workspace_stream``  host tar piped into a guest command, guest stdout drained into a host file.
 - ``logs``        JSON-lines logging to ``<state>/bangerd.log``.
 - ``dns``         the ``.vm`` DNS server (UDP+TCP, 127.0.0.1:42069): ``<name>.vm`` A records for running VMs.
+
+Services and what they own: KernelService (kernels dir + table, kernel lock), ImageService (images dir +
+table, image lock), VMService (VM rows + dirs, per-VM lock, create lock), NetworkService (bridge, TAP pool,
+NAT rules), RuntimeService (probe lock). Every root-only host change goes through ``host.privileged``.
 
 Lock ordering (always acquire left to right, never hold a right-hand lock while taking a left-hand one):
 

@@ -21,6 +21,7 @@ from banger.daemon.operations import Operations
 from banger.daemon.runtime import RuntimeService
 from banger.daemon.server import Server
 from banger.daemon.vm_service import VMService
+from banger.daemon.workspace_service import WorkspaceService
 from banger.errors import BangerError, InvalidArgument, MethodNotFound
 from banger.guest import ssh
 from banger.host.privileged import Privileged, local
@@ -50,8 +51,10 @@ class Daemon:
         self.key_path = Path(config.ssh_key_path).expanduser() if config.ssh_key_path else layout.ssh_dir / "id_ed25519"
         self.vms = VMService(config, layout, store, self.operations, self.images, self.kernels, self.network,
                              self.runtimes, self.key_path)
+        self.workspaces = WorkspaceService(layout, store, self.vms)
         self._background: list[asyncio.Task[None]] = []
         self.dns = VmDnsServer(self.vms.resolve_dns)
+        self.dns_status = "not started"
         self.server = Server(layout.socket, self.dispatch)
         self.stopping = asyncio.Event()
 
@@ -78,11 +81,14 @@ class Daemon:
     async def _start_dns(self) -> None:
         """Serve ``<name>.vm`` for running VMs; a taken port costs the names, not the daemon."""
         if not self.config.dns_listen:
+            self.dns_status = "off (dns_listen is empty)"
             return
         host, _, port = self.config.dns_listen.rpartition(":")
         try:
             await self.dns.start(host, int(port))
+            self.dns_status = f"serving {self.config.dns_listen}"
         except BangerError as exc:
+            self.dns_status = f"not serving: {exc.message}; set dns_listen in config.toml to a free address"
             log.warning("DNS server not started", extra={"error": exc.message})
 
     async def dispatch(self, method: str, params: dict[str, Any]) -> Any:

@@ -46,6 +46,7 @@ async def status(d: Daemon, p: api.Empty) -> api.DaemonStatus:
         kernels=len(d.store.list_kernels()),
         operations_running=d.operations.running(),
         schema_version=schema_version(d.store.conn),
+        dns=d.dns_status,
     )
 
 
@@ -129,6 +130,14 @@ async def vm_ports(d: Daemon, p: api.VMRefs) -> api.VMPortsResult:
     return await d.vms.ports(p.refs)
 
 
+async def vm_workspace_prepare(d: Daemon, p: api.WorkspacePrepare) -> api.WorkspacePrepareResult:
+    return await d.workspaces.prepare(p)
+
+
+async def vm_workspace_export(d: Daemon, p: api.WorkspaceExport) -> api.WorkspaceExportResult:
+    return await d.workspaces.export(p)
+
+
 async def image_list(d: Daemon, p: api.Empty) -> api.ImageList:
     return api.ImageList(images=d.images.list_images())
 
@@ -209,6 +218,8 @@ METHODS: dict[str, Method] = {
     "vm.stats": Method(api.VMRef, vm_stats),
     "vm.connect": Method(api.VMRef, vm_connect),
     "vm.ports": Method(api.VMRefs, vm_ports),
+    "vm.workspace.prepare": Method(api.WorkspacePrepare, vm_workspace_prepare),
+    "vm.workspace.export": Method(api.WorkspaceExport, vm_workspace_export),
     "image.list": Method(api.Empty, image_list),
     "image.show": Method(api.ImageRef, image_show),
     "image.build": Method(api.ImageBuild, image_build),

@@ -1,0 +1,11 @@
+"""Workspaces: a host git repository shipped into a guest, and the guest's changes back as one patch.
+
+Modules (pure logic and host-side git inspection; the daemon's ``workspace_service`` drives them):
+
+- ``repo``   inspect the host repository with git: root, HEAD, branch, identity, submodules; the
+             work-tree entries to ship (tracked, plus untracked non-ignored on request) with sizes.
+- ``plan``   what a prepare ships and the guest shell scripts that unpack it: guest path checks, the
+             shallow ``.git`` skeleton, the host ``tar`` command line, the setup and mise bootstrap scripts.
+- ``patch``  the guest scripts of an export: a throwaway index, ``git add -A``, ``git diff --binary``
+             against the base; the inline-vs-file size limit.
+"""

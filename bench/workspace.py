@@ -1,0 +1,127 @@
+"""Workspace prepare and export against a QEMU TCG guest, next to a plain `tar -c | ssh 'tar -x'`.
+
+Run as root; it makes its own network namespace, daemon and VM:
+
+    python bench/workspace.py [--files 20000] [--mbytes 200] [--changed 1000] [--kernel-dir DIR] [--image-dir DIR]
+
+The generated repository is half text (compressible, like source) and half random bytes (like assets),
+in one commit. Reported: `vm workspace prepare` wall time and bytes sent (shallow mode: work tree + a pack
+of HEAD's objects, in one tar), the baseline tar over the same SSH link into the same guest, their ratio,
+and `vm workspace export` wall time after the guest changed ``--changed`` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from banger.guest import ssh
+from banger.testing.artifacts import VM_CONFIG, install_image, install_kernel
+from banger.testing.daemon import Home
+from banger.testing.netns import NetNS
+
+CACHE = Path(os.environ.get("BANGER_TEST_CACHE", "/var/tmp/banger-test-cache"))
+WORDS = "alpha beta gamma delta return value index buffer struct static const import def class".split()
+
+
+def newest(pattern: str) -> Path:
+    found = sorted(CACHE.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not found:
+        sys.exit(f"no {pattern} under {CACHE}: run the test suite once (it builds the kernel and image)")
+    return found[-1]
+
+
+def make_repo(root: Path, files: int, total: int) -> Path:
+    """``files`` files of ``total`` bytes in all, in 100 directories, committed once."""
+    rng = random.Random(7)
+    repo = root / "big"
+    repo.mkdir()
+    each = total // files
+    for i in range(files):
+        path = repo / f"d{i % 100:02d}" / f"f{i:05d}.{'txt' if i % 2 else 'bin'}"
+        path.parent.mkdir(exist_ok=True)
+        if i % 2:
+            path.write_text(" ".join(rng.choice(WORDS) for _ in range(each // 6))[:each])
+        else:
+            path.write_bytes(rng.randbytes(each))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b",
+           "GIT_COMMITTER_EMAIL": "b@x"}
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "big"]):
+        subprocess.run(["git", "-C", str(repo), *argv], check=True, env=env)
+    return repo
+
+
+def baseline(home: Home, ns: NetNS, ip: str, repo: Path) -> tuple[float, int]:
+    """`tar -c | ssh tar -x` of the same work tree (no .git) into the same guest: (seconds, bytes)."""
+    argv = ssh.ssh_argv(ip, key_path=home.layout.ssh_dir / "id_ed25519", known_hosts=home.layout.known_hosts,
+                        command=["mkdir -p /root/tarcopy && tar -x -C /root/tarcopy"], tty=False)
+    t0 = time.perf_counter()
+    tar = subprocess.Popen(["tar", "-c", "--exclude=./.git", "-C", str(repo), "."], stdout=subprocess.PIPE)
+    remote = subprocess.Popen(ns.argv(argv), stdin=subprocess.PIPE)
+    assert tar.stdout is not None and remote.stdin is not None
+    sent = 0
+    while chunk := tar.stdout.read(1 << 18):
+        remote.stdin.write(chunk)
+        sent += len(chunk)
+    remote.stdin.close()
+    if remote.wait() != 0 or tar.wait() != 0:
+        sys.exit("baseline tar | ssh failed")
+    return time.perf_counter() - t0, sent
+
+
+def run(args: argparse.Namespace, ns: NetNS, tmp: Path) -> None:
+    t0 = time.perf_counter()
+    repo = make_repo(tmp, args.files, args.mbytes << 20)
+    print(f"repository: {args.files} files, {args.mbytes} MiB, generated and committed in "
+          f"{time.perf_counter() - t0:.1f}s")
+    home = Home(netns=ns.name)
+    home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
+    home.layout.config_file.write_text(VM_CONFIG)
+    install_kernel(home.layout, Path(args.kernel_dir))
+    install_image(home.layout, Path(args.image_dir))
+    try:
+        home.cli("vm", "create", "--name", "wb", "--memory", "1024", "--disk-size", "4G", check=True)
+        ip = json.loads(home.cli("vm", "show", "wb", "--json", check=True).stdout)["ip"]
+        t0 = time.perf_counter()
+        res = json.loads(home.cli("vm", "workspace", "prepare", "wb", str(repo), "--json", check=True).stdout)
+        prep_wall = time.perf_counter() - t0
+        base_secs, base_bytes = baseline(home, ns, ip, repo)
+        print(f"prepare (shallow)      {prep_wall:7.1f}s wall ({res['seconds']:.1f}s in the daemon), "
+              f"{res['bytes_sent'] / 2**20:7.1f} MiB sent")
+        print(f"tar -c | ssh tar -x    {base_secs:7.1f}s wall, {base_bytes / 2**20:7.1f} MiB sent")
+        print(f"ratio prepare/baseline {prep_wall / base_secs:7.2f}x time, {res['bytes_sent'] / base_bytes:.2f}x bytes")
+        change = (f"git ls-files | head -n {args.changed} | while read -r f; do echo changed >> \"$f\"; done")
+        home.cli("vm", "exec", "wb", "--", change, check=True)
+        t0 = time.perf_counter()
+        out = tmp / "export.patch"
+        home.cli("vm", "workspace", "export", "wb", "--output", str(out), check=True)
+        print(f"export of {args.changed} changed files: {time.perf_counter() - t0:.1f}s wall, "
+              f"patch {out.stat().st_size / 2**20:.1f} MiB")
+    finally:
+        home.cli("vm", "kill", "wb", timeout=120)
+        home.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--mbytes", type=int, default=200)
+    parser.add_argument("--changed", type=int, default=1000)
+    parser.add_argument("--kernel-dir", default=None)
+    parser.add_argument("--image-dir", default=None)
+    args = parser.parse_args()
+    args.kernel_dir = args.kernel_dir or str(newest("kernels/*/debian-6.1"))
+    args.image_dir = args.image_dir or str(newest("golden-image/*"))
+    with NetNS() as ns, tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        run(args, ns, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""``banger vm workspace prepare | export``: a repository into a VM, its changes back as a git patch."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from banger import api
+from banger.cli import render
+from banger.cli.context import Context, pass_ctx
+from banger.cli.vm import json_option, vm
+
+
+@vm.group("workspace")
+def workspace() -> None:
+    """Ship a git repository into a VM and bring its changes home as a patch."""
+
+
+def prepare_request(ref: str | None, path: str, **opts: object) -> api.WorkspacePrepare:
+    """The prepare params for ``path`` resolved on this host (shared with `vm run PATH`)."""
+    return api.WorkspacePrepare(ref=ref, path=str(Path(path).expanduser().resolve()),
+                                **{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
+
+
+def print_prepared(result: api.WorkspacePrepareResult) -> None:
+    """One summary line on stderr, plus any notes (tool bootstrap)."""
+    ws = result.workspace
+    if ws is not None:
+        render.err.print(f"workspace {ws.guest_path} <- {ws.host_path} @ {ws.head_commit[:12]} ({ws.mode}): "
+                         f"{result.file_count} files, {render.size(result.bytes_sent)} sent in "
+                         f"{result.seconds:.1f}s", markup=False)
+    for note in result.notes:
+        render.err.print(note, markup=False)
+
+
+@workspace.command("prepare")
+@click.argument("ref")
+@click.argument("path", type=click.Path(file_okay=True, dir_okay=True))
+@click.option("--mode", type=click.Choice(["shallow", "full_copy"]), default="shallow", show_default=True,
+              help="shallow: only HEAD's commit; full_copy: the whole .git (submodules allowed).")
+@click.option("--include-untracked", is_flag=True, help="Also ship untracked files that are not ignored.")
+@click.option("--guest-path", help="Where in the VM (under /root; default /root/repo).")
+@click.option("--branch", help="Create and check out this guest-only branch.")
+@click.option("--from", "from_ref", help="Start --branch at this commit (its tree is checked out).")
+@click.option("--dry-run", is_flag=True, help="List what would be shipped; the VM is not touched.")
+@click.option("--no-bootstrap", is_flag=True, help="Do not start `mise install` in the guest.")
+@json_option
+@pass_ctx
+def prepare(ctx: Context, ref: str, path: str, as_json: bool, **opts: object) -> None:
+    """Copy the git repository at PATH into VM REF, with HEAD equal to the host's HEAD."""
+    if opts.get("from_ref") and not opts.get("branch"):
+        raise click.UsageError("--from needs --branch NAME")
+    result = ctx.client.vm_workspace_prepare(prepare_request(ref, path, **opts))
+    if as_json:
+        render.as_json(result)
+    elif result.dry_run:
+        _print_dry_run(result)
+    else:
+        print_prepared(result)
+
+
+def _print_dry_run(result: api.WorkspacePrepareResult) -> None:
+    for f in result.files:
+        render.out.print(f"{f.size:>12}  {f.path}", markup=False, highlight=False)
+    render.err.print(f"{result.file_count} files, {render.size(result.file_bytes)} from {result.host_root} "
+                     f"@ {(result.head_commit or '')[:12]}, plus about {render.size(result.history_bytes)} "
+                     "of git history (dry run: nothing was sent)", markup=False)
+
+
+@workspace.command("export")
+@click.argument("ref")
+@click.option("--base-commit", help="Diff against this commit (default: the prepared HEAD).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the patch here instead of stdout.")
+@json_option
+@pass_ctx
+def export(ctx: Context, ref: str, base_commit: str | None, output: str | None, as_json: bool) -> None:
+    """Everything changed in VM REF's workspace (commits, edits, new files) as one patch for `git apply`."""
+    result = ctx.client.vm_workspace_export(api.WorkspaceExport(ref=ref, base_commit=base_commit))
+    if as_json and output is None:
+        render.as_json(result.model_dump(exclude={"patch_path"}) | {"patch_b64": _patch_b64(result)})
+        return
+    write_patch(result, output)
+    render.err.print(f"{len(result.changed_paths)} path(s) changed since {result.base_commit[:12]}, "
+                     f"{render.size(result.patch_bytes)} patch" + (f" written to {output}" if output else ""),
+                     markup=False)
+
+
+def write_patch(result: api.WorkspaceExportResult, output: str | None) -> None:
+    """Put the patch on stdout or in ``output``; a patch left in a daemon-side file is streamed, then removed."""
+    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        if result.patch_path:
+            with open(result.patch_path, "rb") as src:
+                shutil.copyfileobj(src, sink, 1 << 20)
+            os.unlink(result.patch_path)
+        else:
+            sink.write(base64.b64decode(result.patch_b64 or ""))
+        sink.flush()
+    finally:
+        if output:
+            sink.close()
+
+
+def _patch_b64(result: api.WorkspaceExportResult) -> str:
+    if result.patch_path is None:
+        return result.patch_b64 or ""
+    data = Path(result.patch_path).read_bytes()
+    os.unlink(result.patch_path)
+    return base64.b64encode(data).decode()

@@ -1,0 +1,221 @@
+"""WorkspaceService: ``vm.workspace.prepare`` (a host repo into a running guest) and ``vm.workspace.export``
+(the guest's changes back as one binary patch).
+
+Locks: ``workspace_lock`` (one per VM id) serialises prepare and export on a VM. Neither takes the VM's
+lifecycle lock, so start/stop/delete are never blocked behind a long stream; each re-checks that the VM is
+running once it holds the workspace lock, and a VM that stops mid-stream fails the stream with GuestError.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import asyncssh
+
+from banger import api
+from banger.daemon import workspace_stream
+from banger.daemon.locks import KeyedLock
+from banger.daemon.vm_service import VMService
+from banger.errors import Conflict, GuestError, InvalidArgument
+from banger.guest import ssh
+from banger.host.run import run
+from banger.model import VM, Workspace
+from banger.paths import Layout
+from banger.store.repo import Store
+from banger.workspace import patch, plan, repo
+
+log = logging.getLogger("banger.daemon.workspace")
+
+
+class WorkspaceService:
+    def __init__(self, layout: Layout, store: Store, vms: VMService):
+        self.layout = layout
+        self.store = store
+        self.vms = vms
+        self.workspace_lock = KeyedLock("workspace")
+
+    # --- prepare ------------------------------------------------------------------------------------
+
+    async def prepare(self, req: api.WorkspacePrepare) -> api.WorkspacePrepareResult:
+        """Validate the repo before touching the VM, then ship it (or, with ``dry_run``, list what would go)."""
+        started = time.monotonic()
+        guest = plan.guest_path(req.guest_path)
+        info, head = await self._checked_repo(req)
+        entries = [] if req.from_ref else await repo.work_tree_entries(
+            info, include_untracked=req.include_untracked, recurse_submodules=req.mode == "full_copy")
+        if req.dry_run:
+            if req.ref is not None:
+                self.store.get_vm(req.ref)  # NotFound for a typo, even in a dry run
+            return await self._dry_run(info, head, entries, req.mode)
+        if req.ref is None:
+            raise InvalidArgument("vm.workspace.prepare needs a VM unless it is a dry run")
+        vm = self.store.get_vm(req.ref)
+        async with self.workspace_lock.hold(vm.id):
+            vm = self.vms.running_vm(vm.id)
+            sent, notes = await self._ship(vm, info, head, entries, guest, req)
+            ws = Workspace(guest_path=guest, host_path=str(info.root), head_commit=head, branch=req.branch,
+                           mode=req.mode)
+            self.store.update_vm(self.store.get_vm(vm.id), workspace=ws)
+        log.info("workspace prepared", extra={"vm": vm.name, "files": len(entries), "bytes": sent})
+        return api.WorkspacePrepareResult(
+            workspace=ws, file_count=len(entries), file_bytes=sum(e.size for e in entries), bytes_sent=sent,
+            seconds=round(time.monotonic() - started, 3), notes=notes)
+
+    async def _checked_repo(self, req: api.WorkspacePrepare) -> tuple[repo.RepoInfo, str]:
+        info = await repo.inspect(Path(req.path))
+        if req.mode == "shallow" and info.submodules:
+            raise InvalidArgument(
+                f"{info.root} has submodules ({', '.join(info.submodules[:3])}); a shallow workspace cannot "
+                "carry them", hint="use --mode full_copy, which ships the whole .git including submodules")
+        if req.mode == "full_copy" and info.git_dir != info.root / ".git":
+            raise InvalidArgument(f"{info.root} is a linked worktree (its git dir is {info.git_dir}); "
+                                  "full_copy ships a .git directory", hint="use --mode shallow")
+        if req.from_ref and req.include_untracked:
+            raise InvalidArgument("--from checks a commit out in the guest; it takes no --include-untracked")
+        if req.from_ref and not req.branch:
+            raise InvalidArgument("--from REF needs --branch NAME (the guest-only branch to start at REF)")
+        if req.branch:
+            await repo.check_branch_name(info.root, req.branch)
+        head = await repo.resolve_commit(info.root, req.from_ref) if req.from_ref else info.head
+        return info, head
+
+    async def _dry_run(self, info: repo.RepoInfo, head: str, entries: list[repo.Entry],
+                       mode: str) -> api.WorkspacePrepareResult:
+        if mode == "full_copy":
+            history = sum(e.size for e in repo.git_dir_entries(info.git_dir))
+        else:
+            history = await repo.history_bytes(info.root, head)
+        return api.WorkspacePrepareResult(
+            dry_run=True, files=[api.ShippedFile(path=e.path, size=e.size) for e in entries],
+            file_count=len(entries), file_bytes=sum(e.size for e in entries), history_bytes=history,
+            head_commit=head, host_root=str(info.root))
+
+    async def _ship(self, vm: VM, info: repo.RepoInfo, head: str, entries: list[repo.Entry], guest: str,
+                    req: api.WorkspacePrepare) -> tuple[int, list[str]]:
+        names = [e.path for e in entries]
+        with tempfile.TemporaryDirectory(dir=vm.vm_dir, prefix="workspace-", ignore_cleanup_errors=True) as tmp:
+            if req.mode == "shallow":
+                extra: str | None = tmp
+                await _shallow_git_dir(info, head, req.branch or (None if req.from_ref else info.branch),
+                                       Path(tmp) / ".git")
+            else:
+                extra = None
+                names += [".git", *(f".git/{e.path}" for e in repo.git_dir_entries(info.git_dir))]
+            async with await self._connect(vm) as conn:
+                sent = await self._unpack(conn, vm, str(info.root), extra, names, guest)
+                await self._setup(conn, vm, _setup_for(info, head, guest, req))
+                notes = await self._bootstrap(conn, vm, guest, {n for n in names if "/" not in n}, req)
+        return sent, notes
+
+    async def _connect(self, vm: VM) -> asyncssh.SSHClientConnection:
+        return await ssh.connect(vm.ip or "", key_path=self.vms.key_path, known_hosts=self.layout.known_hosts,
+                                 host_aliases=(f"{vm.name}.vm",))
+
+    async def _unpack(self, conn: asyncssh.SSHClientConnection, vm: VM, root: str, extra: str | None,
+                      names: list[str], guest: str) -> int:
+        sent, res = await workspace_stream.pipe_tar(conn, plan.host_tar_argv(root, extra), names,
+                                                    plan.unpack_script(guest))
+        if res.exit_status == plan.NOT_EMPTY_STATUS:
+            raise Conflict(f"{guest} in VM {vm.name!r} is not empty; banger will not overwrite it",
+                           hint="export what is there first, or pass another --guest-path")
+        if res.exit_status != 0:
+            raise GuestError(f"unpacking the workspace into {guest} in VM {vm.name!r} failed "
+                             f"({res.exit_status}): {_tail(res.stderr)}")
+        return sent
+
+    async def _setup(self, conn: asyncssh.SSHClientConnection, vm: VM, setup: plan.GuestSetup) -> None:
+        res = await ssh.exec(conn, plan.setup_script(setup), login_shell=False)
+        got = res.stdout.decode(errors="replace").strip().splitlines()
+        if res.exit_status != 0 or not got or got[-1] != setup.head:
+            raise GuestError(f"setting up git in {setup.guest_path} in VM {vm.name!r} failed "
+                             f"({res.exit_status}): {_tail(res.stderr)}",
+                             hint=f"the files are in {setup.guest_path}; `banger vm ssh {vm.name}` to look")
+
+    async def _bootstrap(self, conn: asyncssh.SSHClientConnection, vm: VM, guest: str, top: set[str],
+                         req: api.WorkspacePrepare) -> list[str]:
+        """Start ``mise install`` in the background when the repo asks for it; one note either way."""
+        if req.no_bootstrap or not plan.wants_bootstrap(top):
+            return []
+        if (await ssh.exec(conn, plan.MISE_PROBE)).exit_status != 0:
+            return ["tool bootstrap skipped: the image has no `mise` (the repo has a mise/asdf config)"]
+        if not vm.spec.nat:
+            return [f"tool bootstrap skipped: VM {vm.name!r} has no NAT, so mise cannot download tools "
+                    f"(`banger vm set {vm.name} --nat`, then run `mise install` in {guest})"]
+        res = await ssh.exec(conn, plan.bootstrap_script(guest))
+        if res.exit_status != 0:
+            return [f"tool bootstrap could not start: {_tail(res.stderr)}"]
+        return [f"mise trust + mise install running in the background (log: {plan.BOOTSTRAP_LOG})"]
+
+    # --- export -------------------------------------------------------------------------------------
+
+    async def export(self, req: api.WorkspaceExport) -> api.WorkspaceExportResult:
+        """One binary patch of commits, edits and new files in the guest workspace since the base."""
+        vm = self.store.get_vm(req.ref)
+        async with self.workspace_lock.hold(vm.id):
+            vm = self.vms.running_vm(vm.id)
+            if vm.workspace is None:
+                raise Conflict(f"VM {vm.name!r} has no workspace to export",
+                               hint=f"`banger vm workspace prepare {vm.name} PATH` first")
+            ws = vm.workspace
+            base = req.base_commit or ws.head_commit
+            out_dir = Path(vm.vm_dir) / "exports"
+            out_dir.mkdir(exist_ok=True)
+            dest = out_dir / f"export-{time.time_ns()}.patch"
+            async with await self._connect(vm) as conn:
+                commit, paths = await self._changed(conn, vm, ws.guest_path, base)
+                res = await workspace_stream.drain_to_file(conn, patch.patch_script(ws.guest_path, commit), dest)
+        if res.exit_status != 0:
+            dest.unlink(missing_ok=True)
+            raise GuestError(f"`git diff` in VM {vm.name!r} failed ({res.exit_status}): {_tail(res.stderr)}")
+        return _export_result(base, commit, paths, dest)
+
+    async def _changed(self, conn: asyncssh.SSHClientConnection, vm: VM, guest: str,
+                       base: str) -> tuple[str, list[str]]:
+        res = await ssh.exec(conn, patch.names_script(guest, base), login_shell=False)
+        if res.exit_status == patch.BAD_BASE_STATUS:
+            raise InvalidArgument(f"--base-commit {base!r} is not a commit in {guest} in VM {vm.name!r}",
+                                  hint="a shallow workspace only has the prepared commit and later ones")
+        if res.exit_status != 0:
+            raise GuestError(f"listing changes in {guest} in VM {vm.name!r} failed ({res.exit_status}): "
+                             f"{_tail(res.stderr)}", hint=f"is {guest} still a git repository?")
+        return patch.parse_names(res.stdout)
+
+
+def _export_result(base: str, commit: str, paths: list[str], dest: Path) -> api.WorkspaceExportResult:
+    """Small patches travel inline (base64); big ones stay in ``dest`` for the CLI to stream and remove."""
+    size = dest.stat().st_size
+    result = api.WorkspaceExportResult(base_ref=base, base_commit=commit, changed_paths=paths, patch_bytes=size)
+    if size > patch.INLINE_LIMIT:
+        result.patch_path = str(dest)
+        return result
+    result.patch_b64 = base64.b64encode(dest.read_bytes()).decode()
+    dest.unlink()
+    return result
+
+
+def _setup_for(info: repo.RepoInfo, head: str, guest: str, req: api.WorkspacePrepare) -> plan.GuestSetup:
+    full = req.mode == "full_copy"
+    return plan.GuestSetup(
+        guest_path=guest, head=head, branch=req.branch if full else None,
+        detach=full and bool(req.from_ref) and not req.branch, checkout=bool(req.from_ref),
+        identity=tuple(info.identity.items()))
+
+
+async def _shallow_git_dir(info: repo.RepoInfo, head: str, branch: str | None, git_dir: Path) -> None:
+    """A fresh .git holding ``head``'s commit, trees and blobs in one pack, marked shallow."""
+    for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "info"):
+        (git_dir / sub).mkdir(parents=True, exist_ok=True)
+    for rel, text in plan.shallow_git_files(head, branch).items():
+        (git_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (git_dir / rel).write_text(text)
+    objects = await run(["git", "-C", str(info.root), "rev-list", "--objects", "--no-walk", head])
+    await run(["git", "-C", str(info.root), "pack-objects", "-q", "--window=0",
+               str(git_dir / "objects" / "pack" / "pack")], input=objects.stdout)
+
+
+def _tail(data: bytes) -> str:
+    return data.decode(errors="replace").strip()[-300:] or "no output on stderr"

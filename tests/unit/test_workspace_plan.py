@@ -1,0 +1,59 @@
+"""The pure parts of workspaces: guest paths, the shallow .git skeleton, guest scripts, name parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from banger.errors import InvalidArgument
+from banger.workspace import patch, plan
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (None, "/root/repo"), ("/root/work/app", "/root/work/app"), ("proj", "/root/proj"),
+    ("/root/a/../b", "/root/b"), ("/root/x/", "/root/x"),
+])
+def test_guest_path_normalises_under_root(given: str | None, expected: str) -> None:
+    assert plan.guest_path(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["/root", "/etc/passwd", "/root/../etc", "/rootx/y", "../x", "/root/a\nb"])
+def test_guest_path_refuses_escapes(bad: str) -> None:
+    with pytest.raises(InvalidArgument, match="under /root"):
+        plan.guest_path(bad)
+
+
+def test_shallow_git_files_branch_and_detached() -> None:
+    head = "a" * 40
+    on_branch = plan.shallow_git_files(head, "main")
+    assert on_branch["HEAD"] == "ref: refs/heads/main\n" and on_branch["refs/heads/main"] == head + "\n"
+    assert on_branch["shallow"] == head + "\n"
+    detached = plan.shallow_git_files(head, None)
+    assert detached["HEAD"] == head + "\n" and not any(k.startswith("refs/") for k in detached)
+
+
+def test_host_tar_argv_adds_git_dir_only_when_given() -> None:
+    assert plan.host_tar_argv("/r", None)[-1] == "--files-from=-"
+    assert plan.host_tar_argv("/r", "/tmp/x")[-4:] == ["-C", "/tmp/x", "--recursion", ".git"]
+
+
+def test_setup_script_quotes_and_orders_steps() -> None:
+    s = plan.GuestSetup(guest_path="/root/my repo", head="b" * 40, branch="agent/try", detach=False,
+                        checkout=True, identity=(("user.name", "O'Brien"),))
+    script = plan.setup_script(s)
+    assert "cd '/root/my repo'" in script
+    assert script.index("update-ref refs/heads/agent/try") < script.index("git read-tree") < \
+        script.index("checkout-index -a -u")
+    assert "git config user.name 'O'\"'\"'Brien'" in script
+    assert script.rstrip().endswith("git rev-parse HEAD")
+
+
+def test_wants_bootstrap() -> None:
+    assert plan.wants_bootstrap({".tool-versions", "src"})
+    assert plan.wants_bootstrap({".mise.toml"})
+    assert not plan.wants_bootstrap({"README.md"})
+
+
+def test_parse_names() -> None:
+    out = b"c" * 40 + b"\0a b.txt\0na\xc3\xafve.txt\0"
+    assert patch.parse_names(out) == ("c" * 40, ["a b.txt", "naïve.txt"])
+    assert patch.parse_names(b"d" * 40 + b"\0") == ("d" * 40, [])
