@@ -27,19 +27,12 @@ from pathlib import Path
 from banger import ipam
 from banger.host import net, storage
 from banger.host.vmm import Disk, LaunchSpec, driver_for
-from banger.testing.artifacts import install_image, install_kernel
+from banger.testing.artifacts import install_image, install_kernel, newest_cached, test_cache
 from banger.testing.daemon import Home
 from banger.testing.firecracker import firecracker_binary
 from banger.testing.netns import NetNS
 
-CACHE = Path(os.environ.get("BANGER_TEST_CACHE", "/var/tmp/banger-test-cache"))
-
-
-def newest(pattern: str) -> Path:
-    found = sorted(CACHE.glob(pattern), key=lambda p: p.stat().st_mtime)
-    if not found:
-        sys.exit(f"no {pattern} under {CACHE}: run the test suite once (it builds the kernel and image)")
-    return found[-1]
+CACHE = test_cache()
 
 
 def make_large_image(small: Path, dest: Path, factor: int = 4) -> Path:
@@ -146,8 +139,8 @@ def main() -> None:
     parser.add_argument("--image-dir", default=None)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.kernel_dir = args.kernel_dir or str(newest("kernels/*/debian-6.1"))
-    args.image_dir = args.image_dir or str(newest("golden-image/*"))
+    args.kernel_dir = args.kernel_dir or str(newest_cached("kernels/*/debian-6.1"))
+    args.image_dir = args.image_dir or str(newest_cached("golden-image/*"))
     if args.inner:
         asyncio.run(inner(args))
         return

@@ -94,3 +94,21 @@ def build_golden_image() -> Path:
 def golden_image() -> Path:
     """Directory of the golden image (rootfs.ext4, work-seed.ext4, manifest.json), built once."""
     return build_golden_image()
+
+
+def _banger_links() -> set[str]:
+    """banger's bridges and TAPs in the root network namespace (tests must only make them in their own)."""
+    from banger.host.run import run_sync
+
+    out = run_sync(["ip", "-o", "link", "show"]).out
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+    return {n for n in names if n.startswith(("bgt-", "banger"))}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_stays_clean() -> Iterator[None]:
+    """Fail the run if any test left a banger bridge or TAP in the host's own network namespace."""
+    before = _banger_links()
+    yield
+    leaked = _banger_links() - before
+    assert not leaked, f"tests created links in the root network namespace: {sorted(leaked)}"

@@ -11,7 +11,11 @@ Map of the package (a request reads top to bottom):
 - ``daemon``    ``bangerd``: composition root, the RPC table, services, locks, operations.
 - ``store``     SQLite state with versioned migrations.
 - ``host``      adapters for external systems (subprocesses, VMMs, network, storage).
-- ``guest``     talking to guests (SSH).
+- ``guest``     talking to guests: SSH with pinned host keys, work-disk provisioning, listening ports.
+- ``bootargs`` / ``ipam`` / ``names``   pure: guest kernel command line, addresses and MACs, name rules.
+- ``model``     the records (VM, Image, Kernel, Operation); ``progress`` the Reporter protocol.
+- ``files`` / ``threads``   atomic file replacement; blocking work off the event loop.
+- ``sshconfig`` the ``Host *.vm`` stanza and its Include in ~/.ssh/config.
 - ``kernels`` / ``images`` / ``workspace``   formats and pure logic of each.
 - ``doctor``    read-only host diagnostics.
 - ``testing``   helpers the test suite uses (daemon runner, network namespaces).

@@ -1,12 +1,11 @@
-"""JSON-RPC 2.0 framing over a stream: one JSON object per line, at most MAX_FRAME bytes.
+"""JSON-RPC 2.0 messages: one JSON object per line, at most MAX_FRAME bytes; batches are not supported.
 
-Batches are not supported (each request is one line); oversized lines are drained without being held in
-memory and answered with an error, so one bad client cannot take the daemon down.
+Pure encoding and decoding, shared by client and daemon (the daemon's stream reading is in
+``daemon.server``, so the CLI does not import asyncio).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -14,10 +13,6 @@ from banger.errors import INVALID_REQUEST, PARSE_ERROR
 
 MAX_FRAME = 16 << 20
 VERSION = "2.0"
-
-
-class FrameTooLarge(Exception):
-    """A line exceeded MAX_FRAME; it has been consumed and discarded."""
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -46,30 +41,6 @@ def parse_error(detail: str) -> dict[str, Any]:
 
 def invalid_request(detail: str) -> dict[str, Any]:
     return {"code": INVALID_REQUEST, "message": f"invalid request: {detail}"}
-
-
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next line without its newline; None at EOF (a trailing partial line counts as a frame)."""
-    try:
-        line = await reader.readuntil(b"\n")
-        return line[:-1]
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial or None
-    except asyncio.LimitOverrunError as exc:
-        await _discard_line(reader, exc.consumed)
-        raise FrameTooLarge() from None
-
-
-async def _discard_line(reader: asyncio.StreamReader, consumed: int) -> None:
-    while True:
-        await reader.readexactly(consumed) if consumed else None
-        try:
-            await reader.readuntil(b"\n")
-            return
-        except asyncio.IncompleteReadError:
-            return
-        except asyncio.LimitOverrunError as exc:
-            consumed = exc.consumed
 
 
 def decode_request(frame: bytes) -> tuple[Any, str, dict[str, Any], bool]:

@@ -64,6 +64,9 @@ def test_ssh_identity_ports_and_dns(vm_home: Home, netns: NetNS, git_home: dict[
     assert netns.run(["dig", "+short", "@127.0.0.1", "-p", "42069", "nosuch.vm"]).out.strip() == ""
 
     assert vm_home.cli("vm", "exec", "box", "--", "exit 3").returncode == 3
+    # The kernel's module tree is mounted in the guest, so modprobe works (Docker needs it).
+    modules = vm_home.cli("vm", "exec", "box", "--", "modprobe overlay && lsmod", check=True).stdout
+    assert "overlay" in modules
     vm_home.cli("vm", "delete", "box", check=True)
     known = (vm_home.layout.known_hosts).read_text() if vm_home.layout.known_hosts.exists() else ""
     assert ip not in known and "box.vm" not in known, "vm delete drops the VM's pinned host key"
@@ -128,3 +131,19 @@ def test_guest_without_sshd_is_reported_and_kept(vm_home: Home, netns: NetNS) ->
     vms = _vms(vm_home)
     assert [v["name"] for v in vms] == ["mute"] and vms[0]["state"] == "running", "--rm keeps it for inspection"
     vm_home.cli("vm", "delete", "mute", check=True)
+
+
+def test_dns_port_conflict_is_reported_and_nothing_else_breaks(vm_home: Home, netns: NetNS) -> None:
+    squatter = subprocess.Popen(netns.argv([sys.executable, "-c", (
+        "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.bind(('127.0.0.1', 42069)); print('bound', flush=True); time.sleep(600)")]),
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "bound"
+        status = json.loads(vm_home.cli("daemon", "status", "--json", check=True).stdout)
+        assert status["dns"].startswith("not serving") and "42069" in status["dns"]
+        assert "dns_listen" in status["dns"], "the message says what to change"
+        assert _vms(vm_home) == [], "the daemon still serves everything else"
+    finally:
+        squatter.kill()
+        squatter.wait()

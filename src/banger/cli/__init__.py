@@ -5,6 +5,8 @@
 - ``render``    tables for people, ``--json`` for scripts.
 - ``progress``  polls a daemon operation and draws its stages.
 - ``vm`` / ``image`` / ``kernel`` / ``daemon`` / ``doctor``   one module per noun.
+- ``vm_run``    ``vm run | ssh | exec | ports``: into guests with the system ssh and banger's key.
+- ``ssh_config``  ``banger ssh-config [--install|--uninstall]``.
 """
 
 from banger.cli.main import main

@@ -30,7 +30,8 @@ def status(ctx: Context, as_json: bool) -> None:
     vms = ", ".join(f"{n} {state}" for state, n in sorted(s.vms.items())) or "none"
     render.fields([("version", s.version), ("pid", s.pid), ("up since", render.ago(s.started_at)),
                    ("socket", s.socket), ("state", s.state_dir), ("schema", s.schema_version), ("vms", vms),
-                   ("images", s.images), ("kernels", s.kernels), ("operations", s.operations_running)])
+                   ("images", s.images), ("kernels", s.kernels), ("operations", s.operations_running),
+                   ("dns", s.dns)])
 
 
 @daemon.command("stop")

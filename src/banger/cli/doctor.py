@@ -6,7 +6,6 @@ import sys
 
 import click
 
-from banger import doctor as diagnostics
 from banger.cli import render
 from banger.cli.context import Context, pass_ctx
 
@@ -18,6 +17,8 @@ _STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
 @pass_ctx
 def doctor(ctx: Context, as_json: bool) -> None:
     """Check this host for everything banger needs (read-only)."""
+    from banger import doctor as diagnostics
+
     checks = diagnostics.run_checks(ctx.config, ctx.layout)
     if as_json:
         render.as_json(checks)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import sys
 
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
 from banger.cli import render
 from banger.client import Client
 from banger.errors import Cancelled, from_rpc_error
@@ -38,6 +36,8 @@ def _wait(client: Client, op: Operation) -> Operation:
 
 
 def _draw(client: Client, op: Operation) -> Operation:
+    from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=render.err, transient=False) as bar:

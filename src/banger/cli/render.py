@@ -6,14 +6,35 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from rich.console import Console
-from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+# rich costs ~70 ms to import; `--json` output and plain messages do not need it.
+@cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+class _Lazy:
+    """Stands in for a rich Console and creates it on first use."""
+
+    def __init__(self, stderr: bool):
+        self._stderr = stderr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_console(self._stderr), name)
+
+
+out: Any = _Lazy(stderr=False)
+err: Any = _Lazy(stderr=True)
 
 
 def as_json(value: Any) -> None:
@@ -32,6 +53,8 @@ def as_json(value: Any) -> None:
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str = "") -> None:
     """A borderless table; ``empty`` is printed instead when there are no rows."""
+    from rich.table import Table
+
     rows = list(rows)
     if not rows and empty:
         err.print(empty)

@@ -22,6 +22,36 @@ from banger.errors import BangerError, PermissionDenied, to_rpc_error
 
 log = logging.getLogger("banger.daemon.server")
 
+
+class FrameTooLarge(Exception):
+    """A line exceeded rpc.MAX_FRAME; it has been consumed and discarded."""
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next line without its newline; None at EOF (a trailing partial line counts as a frame)."""
+    try:
+        line = await reader.readuntil(b"\n")
+        return line[:-1]
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial or None
+    except asyncio.LimitOverrunError as exc:
+        await _discard_line(reader, exc.consumed)
+        raise FrameTooLarge() from None
+
+
+async def _discard_line(reader: asyncio.StreamReader, consumed: int) -> None:
+    while True:
+        await reader.readexactly(consumed) if consumed else None
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.IncompleteReadError:
+            return
+        except asyncio.LimitOverrunError as exc:
+            consumed = exc.consumed
+
+
+
 Dispatch = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
@@ -103,8 +133,8 @@ class _Connection:
         try:
             while True:
                 try:
-                    frame = await rpc.read_frame(self.reader)
-                except rpc.FrameTooLarge:
+                    frame = await read_frame(self.reader)
+                except FrameTooLarge:
                     await self.send(rpc.error_response(None, rpc.invalid_request(
                         f"message larger than {rpc.MAX_FRAME} bytes; it was discarded")))
                     continue
@@ -136,6 +166,7 @@ class _Connection:
         try:
             result = await self.dispatch(method, params)
         except asyncio.CancelledError:
+            log.info("request cancelled: the client disconnected", extra={"method": method})
             raise
         except Exception as exc:
             if not isinstance(exc, BangerError):  # user errors are logged without a traceback

@@ -1,6 +1,8 @@
 """Adapters for the external systems banger drives; nothing here imports from above ``banger.host``.
 
 - ``run``          the only subprocess spawner (run / run_sync / start / spawn_detached).
+- ``http``         downloads: streamed to a staging file, sha256-checked, renamed into place when whole.
+- ``ext4``         ext4 images via e2fsprogs: mkfs.ext4 -d (no mount), debugfs, e2fsck, grow.
 - ``net``          bridge and TAP links over netlink (pyroute2), idempotent.
 - ``nat``          outbound NAT for guests in one nftables table (``inet banger``) + ip_forward.
 - ``netns``        named network namespaces (``ip netns``): add, delete, pids, exec argv.

