@@ -107,7 +107,7 @@ def boots(args: argparse.Namespace, ns: NetNS) -> None:
     home = Home(netns=ns.name)
     home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
     home.layout.config_file.write_text('runtime = "qemu"\nfirecracker_bin = "/nonexistent"\n'
-                                       '[vm_defaults]\nvcpu = 1\nmemory_mib = 768\ndisk_size = "2G"\n')
+                                       '[vm_defaults]\nvcpu = 2\nmemory_mib = 768\ndisk_size = "2G"\n')
     install_kernel(home.layout, Path(args.kernel_dir))
     install_image(home.layout, Path(args.image_dir))
     try:

@@ -30,7 +30,7 @@ def test_run_command_exit_status_and_rm(vm_home: Home) -> None:
     proc = vm_home.cli("vm", "run", "--name", "once", "--", "sh", "-c", "uname -r; exit 7", timeout=400)
     assert proc.returncode == 7, proc.stderr
     assert proc.stdout.strip().endswith("-amd64"), proc.stdout
-    assert proc.stderr.startswith("spec: vcpu=1 memory=768M disk=2G image=debian-bookworm runtime=qemu")
+    assert proc.stderr.startswith("spec: vcpu=2 memory=768M disk=2G image=debian-bookworm runtime=qemu")
     assert [v["name"] for v in _vms(vm_home)] == ["once"], "without --rm the VM stays"
     proc = vm_home.cli("vm", "run", "--rm", "--name", "gone", "--", "true", timeout=400)
     assert proc.returncode == 0, proc.stderr

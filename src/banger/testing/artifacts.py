@@ -22,7 +22,7 @@ runtime = "qemu"
 firecracker_bin = "/nonexistent/firecracker"
 tap_pool_size = 1
 [vm_defaults]
-vcpu = 1
+vcpu = 2
 memory_mib = 768
 disk_size = "2G"
 """
