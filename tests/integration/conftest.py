@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -16,3 +18,28 @@ def home() -> Iterator[Home]:
         yield h
     finally:
         h.cleanup()
+
+
+@pytest.fixture
+def stalling_mirror() -> Iterator[str]:
+    """A loopback "mirror" that accepts connections and never answers (to cancel a pull mid-request)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/debian"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from banger.model import VM, Operation, VMSpec
 from banger.store.db import open_db
@@ -32,31 +28,6 @@ def _import(home: Home, name: str, kernel_dir: Path, initrd: bool = True) -> Non
 
 def _leftovers(home: Home) -> list[str]:
     return sorted(p.name for p in home.layout.kernels_dir.iterdir())
-
-
-@pytest.fixture
-def stalling_mirror() -> Iterator[str]:
-    """A loopback "mirror" that accepts connections and never answers (to cancel a pull mid-request)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}/debian"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
 
 
 def test_list_available_shows_the_catalog(home: Home) -> None:

@@ -6,6 +6,7 @@
 - ``progress``  polls a daemon operation and draws its stages.
 - ``vm`` / ``image`` / ``kernel`` / ``daemon`` / ``doctor``   one module per noun.
 - ``vm_run``    ``vm run | ssh | exec | ports``: into guests with the system ssh and banger's key.
+- ``workspace`` ``vm workspace prepare | export``: a repo into the guest, its changes back as a patch.
 - ``ssh_config``  ``banger ssh-config [--install|--uninstall]``.
 """
 
