@@ -149,6 +149,19 @@ def check_defaults(layout: Layout, cfg: Config) -> list[Check]:
     return out
 
 
+def check_vm_names(cfg: Config) -> Check:
+    from banger.host import resolved
+
+    state = resolved.available()
+    if not cfg.dns_listen:
+        return _bad("vm names", "the .vm DNS server is off (dns_listen is empty)", "set dns_listen", required=False)
+    if state:
+        return _ok("vm names", f"<name>.vm routed to {cfg.dns_listen} via systemd-resolved", required=False)
+    return _bad("vm names", f"<name>.vm is served on {cfg.dns_listen} only: {state.reason}",
+                "use `banger vm ssh NAME`, or systemd-resolved (apt-get install systemd-resolved) for NAME.vm names",
+                required=False)
+
+
 def run_checks(cfg: Config, layout: Layout) -> list[Check]:
     """Every check, in the order shown."""
     checks: list[Callable[[], Check | list[Check]]] = [
@@ -171,6 +184,7 @@ def run_checks(cfg: Config, layout: Layout) -> list[Check]:
         lambda: check_tool("git", "git", "apt-get install git"),
         check_loop,
         check_dm,
+        lambda: check_vm_names(cfg),
         lambda: check_store(layout),
         lambda: check_defaults(layout, cfg),
     ]

@@ -14,7 +14,7 @@ import secrets
 
 from banger import ipam
 from banger.config import Config
-from banger.host import net
+from banger.host import net, resolved
 from banger.host.privileged import Privileged
 
 log = logging.getLogger("banger.daemon.network")
@@ -45,7 +45,20 @@ class NetworkService:
         async with self._bridge_lock:
             if not self._bridge_ready:
                 await self.priv.ensure_bridge(self.config.bridge_name, self.config.bridge_ip, self.prefixlen)
+                await self._route_vm_names()
                 self._bridge_ready = True
+
+    async def _route_vm_names(self) -> None:
+        """Send ``*.vm`` lookups on the bridge to the daemon's DNS server, where systemd-resolved runs."""
+        why_not = resolved.available()
+        if not self.config.dns_listen or not why_not:
+            log.info("not routing .vm through systemd-resolved", extra={"reason": why_not.reason})
+            return
+        try:
+            await self.priv.set_resolved_link_dns(self.config.bridge_name, self.config.dns_listen, "vm")
+        except Exception:
+            log.warning("could not route .vm through systemd-resolved; names resolve only by asking "
+                        f"{self.config.dns_listen} directly", exc_info=True)
 
     # --- TAPs ---------------------------------------------------------------------------------------
 
