@@ -36,21 +36,22 @@ def _wait(client: Client, op: Operation) -> Operation:
 
 
 def _draw(client: Client, op: Operation) -> Operation:
-    from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[sizes]}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=render.err, transient=False) as bar:
+    with Progress(*columns, console=render.console(stderr=True), transient=False) as bar:
         task = None
         seen = 0
         while True:
             for stage in op.stages[seen:]:
                 if task is not None:
                     bar.update(task, completed=bar.tasks[task].total or 1, total=bar.tasks[task].total or 1)
-                task = bar.add_task(stage, total=None)
+                task = bar.add_task(stage, total=None, sizes="")
             seen = len(op.stages)
             if task is not None:
-                bar.update(task, completed=op.done, total=op.total)
+                sizes = f"{render.size(op.done)}/{render.size(op.total)}" if (op.total or 0) > 1 else ""
+                bar.update(task, completed=op.done, total=op.total, sizes=sizes)
             if op.state != "running":
                 if task is not None and op.state == "succeeded":
                     bar.update(task, completed=op.total or 1, total=op.total or 1)

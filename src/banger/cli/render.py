@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 # rich costs ~70 ms to import; `--json` output and plain messages do not need it.
 @cache
-def _console(stderr: bool) -> Console:
+def console(stderr: bool) -> Console:
+    """The real rich Console (for APIs such as Progress that need one, not the lazy stand-in)."""
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
@@ -30,7 +31,7 @@ class _Lazy:
         self._stderr = stderr
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(_console(self._stderr), name)
+        return getattr(console(self._stderr), name)
 
 
 out: Any = _Lazy(stderr=False)
