@@ -117,8 +117,13 @@ class WorkspaceService:
 
     async def _unpack(self, conn: asyncssh.SSHClientConnection, vm: VM, root: str, extra: str | None,
                       names: list[str], guest: str) -> int:
-        sent, res = await workspace_stream.pipe_tar(conn, plan.host_tar_argv(root, extra), names,
-                                                    plan.unpack_script(guest))
+        # Refuse before streaming: a guest that refuses mid-stream leaves megabytes in flight to unwind.
+        res = await ssh.exec(conn, plan.empty_check_script(guest), login_shell=False)
+        if res.exit_status == 0:
+            sent, res = await workspace_stream.pipe_tar(conn, plan.host_tar_argv(root, extra), names,
+                                                        plan.unpack_script(guest))
+        else:
+            sent = 0
         if res.exit_status == plan.NOT_EMPTY_STATUS:
             raise Conflict(f"{guest} in VM {vm.name!r} is not empty; banger will not overwrite it",
                            hint="export what is there first, or pass another --guest-path")

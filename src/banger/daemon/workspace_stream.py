@@ -8,6 +8,7 @@ import contextlib
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -66,10 +67,14 @@ async def _forward(conn: asyncssh.SSHClientConnection, tar: asyncio.subprocess.P
         proc = await conn.create_process(command, encoding=None)
         async with proc:
             collect = asyncio.gather(proc.stdout.read(), proc.stderr.read())
-            sent, complete = await _copy(tar.stdout, proc.stdin)
-            if complete:
+            sent, complete = await _copy_until_guest_exits(tar.stdout, proc.stdin, collect)
+            # EOF on stdin also after a refusal: sshd keeps a session channel open until its input side
+            # is closed, so without it the wait below never ends.
+            with contextlib.suppress(asyncssh.Error, OSError):
                 proc.stdin.write_eof()
             out, err = await collect
+            if not complete:
+                proc.close()
             done = await proc.wait(check=False)
     except (asyncssh.Error, OSError) as exc:
         raise GuestError(f"streaming the workspace into the guest failed: {exc}") from exc
@@ -77,17 +82,34 @@ async def _forward(conn: asyncssh.SSHClientConnection, tar: asyncio.subprocess.P
     return sent, complete, ssh.ExecResult(status, bytes(out), bytes(err))
 
 
-async def _copy(source: asyncio.StreamReader, sink: asyncssh.SSHWriter[bytes]) -> tuple[int, bool]:
-    """Copy ``source`` to the channel until EOF, or until the guest closes it: (bytes sent, reached EOF)."""
-    sent = 0
+async def _copy_until_guest_exits(source: asyncio.StreamReader, sink: asyncssh.SSHWriter[bytes],
+                                  guest_output: asyncio.Future[Any]) -> tuple[int, bool]:
+    """Copy ``source`` into the channel until EOF: (bytes sent, reached EOF).
+
+    A guest command that exits without reading (it refused the target) leaves the SSH window full, and a
+    blocked ``drain()`` would then wait forever: the copy stops as soon as the guest's output ends.
+    """
+    sent = [0]
+    copy: asyncio.Future[Any] = asyncio.ensure_future(_copy(source, sink, sent))
+    await asyncio.wait({copy, guest_output}, return_when=asyncio.FIRST_COMPLETED)
+    if copy.done():
+        return sent[0], copy.result()
+    copy.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await copy
+    return sent[0], False
+
+
+async def _copy(source: asyncio.StreamReader, sink: asyncssh.SSHWriter[bytes], sent: list[int]) -> bool:
+    """Copy ``source`` to the channel until EOF (True), or until the guest closes it (False)."""
     while chunk := await source.read(CHUNK):
         try:
             sink.write(chunk)
             await sink.drain()
         except (BrokenPipeError, ConnectionResetError, asyncssh.Error):
-            return sent, False
-        sent += len(chunk)
-    return sent, True
+            return False
+        sent[0] += len(chunk)
+    return True
 
 
 async def drain_to_file(conn: asyncssh.SSHClientConnection, command: str, dest: Path) -> ssh.ExecResult:

@@ -63,12 +63,17 @@ def host_tar_argv(root: str, extra_dir: str | None) -> list[str]:
     return argv
 
 
+def empty_check_script(guest: str) -> str:
+    """Guest shell: exit NOT_EMPTY_STATUS when ``guest`` is a non-empty directory."""
+    q = shlex.quote(guest)
+    return (f"set -eu\nif [ -d {q} ] && [ -n \"$(ls -A {q})\" ]; then "
+            f"echo 'banger: {guest} is not empty' >&2; exit {NOT_EMPTY_STATUS}; fi\n")
+
+
 def unpack_script(guest: str) -> str:
     """Guest shell: refuse a non-empty target, then extract the tar on stdin into it."""
     q = shlex.quote(guest)
-    return (f"set -eu\nif [ -d {q} ] && [ -n \"$(ls -A {q})\" ]; then "
-            f"echo 'banger: {guest} is not empty' >&2; exit {NOT_EMPTY_STATUS}; fi\n"
-            f"mkdir -p {q}\ntar -x --no-same-owner -f - -C {q}\n")
+    return empty_check_script(guest) + f"mkdir -p {q}\ntar -x --no-same-owner -f - -C {q}\n"
 
 
 def setup_script(s: GuestSetup) -> str:
