@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every program banger runs comes from one of these (or from Debian's Essential set); the test suite
+# checks it (tests/integration/test_host_programs.py and the run-wide record in tests/conftest.py).
 PACKAGES=(
   python3 python3-venv git openssh-client ca-certificates iproute2 nftables kmod
   qemu-system-x86 qemu-utils e2fsprogs mmdebstrap debian-archive-keyring gpgv
-  busybox-static util-linux tmux dnsutils
+  busybox-static util-linux tmux bind9-dnsutils systemd
 )
-TEST_PACKAGES=(skopeo docker-registry openssh-server)
+TEST_PACKAGES=(skopeo docker-registry openssh-server cpio procps)
 
 want=("${PACKAGES[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PACKAGES[@]}")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import getpass
 import hashlib
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -14,6 +17,36 @@ from pathlib import Path
 import pytest
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+ROOT = Path(__file__).resolve().parents[1]
+RUN_ID = ""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Sweep what killed runs left, then give this run its id, directory and environment (testing.leaks)."""
+    global RUN_ID
+    from banger.testing import leaks
+
+    RUN_ID = leaks.begin()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """Fail the run if it left a process, home, namespace, mount or loop device, or ran a host program that
+    scripts/setup.sh does not install; whatever was left is then removed."""
+    from banger.host.run import OPTIONAL_TOOLS
+    from banger.testing import leaks, tools
+
+    yield
+    found = leaks.leftovers(RUN_ID)
+    programs = [p for p in leaks.tool_log(RUN_ID) if os.path.basename(p) not in OPTIONAL_TOOLS]
+    leaks.remove(RUN_ID, exclude={os.getpid()})
+    allowed = tools.with_dependencies(tools.setup_packages(ROOT / "scripts/setup.sh") | tools.essential_packages())
+    # Not Debian's to provide: the venv's interpreter, the test cache's Firecracker, tests' own fake programs.
+    ours = [Path(sys.prefix), cache_root(), Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"]
+    missing = tools.check_programs(programs, allowed, ignore_under=ours)
+    assert not found, f"the test run left things behind: {found.describe()}"
+    assert not missing, "programs the run used that setup.sh does not install: " + "; ".join(
+        f"{m.program}: {m.problem}" for m in missing)
 
 
 def cache_root() -> Path:

@@ -120,19 +120,28 @@ class Client:
                 self._sock.sendall(rpc.encode(rpc.request(method, params, req_id)))
             except BrokenPipeError:
                 pass  # a refusing daemon answers and closes at once: its answer is still there to read
-            line = self._file.readline()
+            reply = self._reply(method, req_id)
         except OSError as exc:
             raise DaemonUnavailable(f"lost the connection to bangerd during {method}: {exc}") from exc
-        if not line:
-            raise DaemonUnavailable(f"bangerd closed the connection during {method}",
-                                    hint="`banger daemon logs` may say why")
-        try:
-            reply = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(f"bangerd sent a malformed reply to {method}") from exc
         if "error" in reply:
             raise from_rpc_error(reply["error"])
         return reply.get("result")
+
+    def _reply(self, method: str, req_id: int) -> dict[str, Any]:
+        """The reply to request ``req_id``; replies to earlier, interrupted calls are skipped."""
+        while True:
+            line = self._file.readline()
+            if not line:
+                raise DaemonUnavailable(f"bangerd closed the connection during {method}",
+                                        hint="`banger daemon logs` may say why")
+            try:
+                reply = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ProtocolError(f"bangerd sent a malformed reply to {method}") from exc
+            if not isinstance(reply, dict):
+                raise ProtocolError(f"bangerd sent a malformed reply to {method}")
+            if reply.get("id") in (req_id, None):
+                return reply
 
     def _typed(self, model: type[T], method: str, params: BaseModel | dict[str, Any] | None = None) -> T:
         return model.model_validate(self.call(method, params))

@@ -97,3 +97,9 @@ def layout_from_env(env: dict[str, str] | None = None) -> Layout:
     runtime = env.get("XDG_RUNTIME_DIR")
     runtime_dir = Path(runtime) / "banger" if runtime else Path(f"/tmp/banger-{os.geteuid()}")
     return Layout(xdg_config / "banger/config.toml", xdg_state / "banger", xdg_cache / "banger", runtime_dir)
+
+
+def tool_log() -> Path | None:
+    """``$BANGER_TOOL_LOG``: where test runs record every host program banger resolves (None normally)."""
+    value = os.environ.get("BANGER_TOOL_LOG")
+    return Path(value) if value else None

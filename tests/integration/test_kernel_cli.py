@@ -118,12 +118,19 @@ def test_pull_cancel_leaves_nothing(home: Home, stalling_mirror: str) -> None:
     assert _leftovers(home) == []
 
 
+def _cli(home: Home, *args: str) -> subprocess.Popen[str]:
+    # SIGINT back to its default in the child: a test run started in the background of a non-interactive
+    # shell inherits it ignored, and Python then keeps ignoring it (rightly: that is what the parent asked).
+    return subprocess.Popen([sys.executable, "-m", "banger.cli", *args], env=home.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def test_ctrl_c_on_the_cli_cancels_the_pull(home: Home, stalling_mirror: str) -> None:
     home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
     home.layout.config_file.write_text(f'debian_mirror = "{stalling_mirror}"\n')
     home.cli("kernel", "list", check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "banger.cli", "kernel", "pull", "debian-6.1"], env=home.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _cli(home, "kernel", "pull", "debian-6.1")
     with home.client() as c:
         deadline = time.monotonic() + 30
         while not any(o.kind == "kernel.pull" and o.stage for o in c.operations()) and time.monotonic() < deadline:
@@ -133,6 +140,33 @@ def test_ctrl_c_on_the_cli_cancels_the_pull(home: Home, stalling_mirror: str) ->
         assert proc.returncode == 130, err
         assert "cancel" in err
         assert [o.state for o in c.operations() if o.kind == "kernel.pull"] == ["cancelled"]
+    assert _leftovers(home) == []
+
+
+def test_ctrl_c_the_moment_the_operation_exists_cancels_it_under_load(home: Home, stalling_mirror: str) -> None:
+    """SIGINT as soon as the daemon has the operation (the CLI may not even have its id yet), CPUs busy."""
+    home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
+    home.layout.config_file.write_text(f'debian_mirror = "{stalling_mirror}"\n')
+    home.cli("kernel", "list", check=True)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        with home.client() as c:
+            for attempt in range(4):
+                seen = {o.id for o in c.operations()}
+                proc = _cli(home, "kernel", "pull", "debian-6.1")
+                deadline = time.monotonic() + 60
+                while not [o for o in c.operations() if o.id not in seen] and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                time.sleep(0.01 * attempt)  # vary the moment: before, while and after the reply reaches the CLI
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=20)
+                assert proc.returncode == 130, err
+                new = [c.operation_wait(o.id, 10) for o in c.operations() if o.id not in seen]
+                assert [o.state for o in new] == ["cancelled"], (attempt, err)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
     assert _leftovers(home) == []
 
 

@@ -87,9 +87,9 @@ async def test_submodules_are_found(tmp_path: Path) -> None:
 
 def test_dry_run_through_the_daemon(home: Home, tmp_path: Path) -> None:
     r = committed_repo(tmp_path / "r")
+    home.start_daemon()  # first: a CLI call before it would auto-start one of its own
     proc = home.cli("vm", "workspace", "prepare", "nosuchvm", str(r), "--dry-run")
     assert proc.returncode == 3 and "nosuchvm" in proc.stderr, "a dry run still names a missing VM"
-    home.start_daemon()
     with home.client() as c:
         from banger import api
 

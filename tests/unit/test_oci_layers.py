@@ -144,3 +144,19 @@ def test_corrupt_layer_is_an_integrity_error(tmp_path: Path) -> None:
     bad.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
     with pytest.raises(IntegrityError, match="not a readable tar"):
         flatten(tmp_path / "root", [bad])
+
+
+def test_deferred_directory_attributes_never_reach_through_a_replaced_path(tmp_path: Path) -> None:
+    # A directory recorded early (a/b, 0777, uid 4242), then its parent replaced by a symlink to a host
+    # directory that also has a `b`: the deferred chmod/chown must not land on the host's b.
+    host = tmp_path / "host"
+    (host / "b").mkdir(parents=True)
+    os.chmod(host / "b", 0o700)
+    before = (host / "b").stat()
+    layer = make_layer(tmp_path / "l", [d("a/"), d("a/b/", 0o777, 4242, 4242), sym("a", str(host))])
+    root = tmp_path / "root"
+    flatten(root, [layer])
+    after = (host / "b").stat()
+    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == \
+        (stat.S_IMODE(before.st_mode), before.st_uid, before.st_gid)
+    assert os.readlink(root / "a") == str(host)

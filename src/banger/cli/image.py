@@ -9,7 +9,7 @@ import click
 from banger import api
 from banger.cli import render
 from banger.cli.context import Context, pass_ctx
-from banger.cli.progress import follow
+from banger.cli.progress import run
 from banger.model import Operation
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -76,7 +76,7 @@ def image_show(ctx: Context, name: str, as_json: bool) -> None:
 @pass_ctx
 def image_build(ctx: Context, name: str | None, force: bool, no_cache: bool) -> None:
     """Build the Debian golden image (as NAME, default debian-bookworm)."""
-    _installed(follow(ctx.client, ctx.client.image_build(name, force=force, no_cache=no_cache)))
+    _installed(run(ctx.client, lambda: ctx.client.image_build(name, force=force, no_cache=no_cache)))
 
 
 @image.command("pull")
@@ -90,7 +90,7 @@ def image_pull(ctx: Context, source: str, name: str | None, sha256: str | None, 
                insecure: bool) -> None:
     """Pull SOURCE: a catalog name, a bundle URL or .tar.zst file, or REGISTRY/REPO:TAG."""
     params = api.ImagePull(source=local_path(source), name=name, sha256=sha256, force=force, insecure=insecure)
-    _installed(follow(ctx.client, ctx.client.image_pull(params)))
+    _installed(run(ctx.client, lambda: ctx.client.image_pull(params)))
 
 
 @image.command("export")
@@ -100,7 +100,7 @@ def image_pull(ctx: Context, source: str, name: str | None, sha256: str | None, 
 @pass_ctx
 def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
     """Write image NAME as a portable .tar.zst bundle."""
-    op = follow(ctx.client, ctx.client.image_export(name, os.path.abspath(output)))
+    op = run(ctx.client, lambda: ctx.client.image_export(name, os.path.abspath(output)))
     result = op.result or {}
     if as_json:
         render.as_json(result)
@@ -121,7 +121,7 @@ def image_register(ctx: Context, name: str, rootfs: str, kernel_ref: str | None,
     params = api.ImageRegister(name=name, rootfs=os.path.abspath(rootfs), kernel_ref=kernel_ref,
                                kernel=os.path.abspath(kernel) if kernel else None,
                                initrd=os.path.abspath(initrd) if initrd else None)
-    _installed(follow(ctx.client, ctx.client.image_register(params)))
+    _installed(run(ctx.client, lambda: ctx.client.image_register(params)))
 
 
 @image.command("promote")

@@ -8,7 +8,7 @@ import click
 
 from banger.cli import render
 from banger.cli.context import Context, pass_ctx
-from banger.cli.progress import follow
+from banger.cli.progress import run
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 existing_file = click.Path(exists=True, dir_okay=False)
@@ -59,7 +59,7 @@ def kernel_show(ctx: Context, name: str, as_json: bool) -> None:
 @pass_ctx
 def kernel_pull(ctx: Context, name: str, force: bool) -> None:
     """Fetch (or build) catalog kernel NAME; Ctrl-C cancels and leaves nothing behind."""
-    op = follow(ctx.client, ctx.client.kernel_pull(name, force=force))
+    op = run(ctx.client, lambda: ctx.client.kernel_pull(name, force=force))
     version = ((op.result or {}).get("kernel") or {}).get("version", "")
     render.err.print(f"kernel {name} {version} installed".replace("  ", " "))
 

@@ -1,11 +1,15 @@
 """Following a daemon operation: stages and a progress bar on a TTY, silence otherwise.
 
-Ctrl-C cancels the operation in the daemon (whose undo stack cleans up) and exits 130.
+Ctrl-C at any moment after the request that starts the operation has been sent cancels the operation in
+the daemon (whose undo stack cleans up) and exits 130. SIGINT is held back while that request is in
+flight, so a Ctrl-C that lands before the CLI knows the operation's id is acted on as soon as it does.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Callable
 
 from banger.cli import render
 from banger.client import Client
@@ -13,20 +17,34 @@ from banger.errors import Cancelled, from_rpc_error
 from banger.model import Operation
 
 POLL = 0.25
+_SIGINT = {signal.SIGINT}
 
 
-def follow(client: Client, op: Operation, *, quiet: bool = False) -> Operation:
-    """Wait for ``op`` to end, drawing its stages; raise its error if it failed."""
-    show = sys.stderr.isatty() and not quiet
+def run(client: Client, start: Callable[[], Operation], *, quiet: bool = False) -> Operation:
+    """Start an operation with ``start()`` and follow it to its end; raise its error if it failed."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
     try:
-        op = _draw(client, op) if show else _wait(client, op)
+        op = start()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C that came meanwhile is raised here
+        op = _draw(client, op) if sys.stderr.isatty() and not quiet else _wait(client, op)
     except KeyboardInterrupt:
-        render.err.print(f"cancelling {op.kind} {op.target} ...")
-        client.operation_cancel(op.id)
+        _cancel(client, op)
         raise Cancelled(f"{op.kind} {op.target} was cancelled; nothing was left half-made") from None
     if op.state != "succeeded":
         raise from_rpc_error(op.error or {"message": f"{op.kind} {op.state}"})
     return op
+
+
+def _cancel(client: Client, op: Operation) -> None:
+    """Cancel ``op`` over a fresh connection (the old one may hold a half-read reply); uninterruptible."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
+    render.err.print(f"cancelling {op.kind} {op.target} ...", markup=False)
+    with Client.connect(client.layout, autostart=False) as fresh:
+        fresh.operation_cancel(op.id)
 
 
 def _wait(client: Client, op: Operation) -> Operation:

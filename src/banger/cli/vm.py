@@ -86,10 +86,10 @@ def _create_options(f):  # type: ignore[no-untyped-def]
 def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quiet: bool = False) -> VM:
     """Start a vm.create operation, follow it, and return the VM (shared with `vm run`)."""
     from banger.api import VMCreate
-    from banger.cli.progress import follow
+    from banger.cli.progress import run
 
     req = VMCreate(start=start, **{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
-    op = follow(ctx.client, ctx.client.vm_create(req), quiet=quiet)
+    op = run(ctx.client, lambda: ctx.client.vm_create(req), quiet=quiet)
     result = op.result or {}
     for line in op.log:
         if line.startswith("runtime "):

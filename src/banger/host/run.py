@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import HostError, OperationTimeout, ToolMissing
+from banger.paths import tool_log
 
 # How to install each tool banger calls, for ToolMissing hints.
 INSTALL_HINTS: dict[str, str] = {
@@ -39,6 +40,10 @@ INSTALL_HINTS: dict[str, str] = {
     "resolvectl": "apt-get install systemd-resolved",
     "depmod": "apt-get install kmod",
 }
+
+
+# Programs banger looks for and copes without (a probe says what is missing); setup.sh need not install them.
+OPTIONAL_TOOLS = frozenset({"dmsetup", "resolvectl", "firecracker", "jailer"})
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,16 @@ def require(tool: str) -> str:
     if not path:
         hint = INSTALL_HINTS.get(os.path.basename(tool), f"install {tool} and make sure it is on PATH")
         raise ToolMissing(f"required host program {tool!r} was not found", hint=hint)
+    _record(path)
     return path
+
+
+def _record(path: str) -> None:
+    """Append ``path`` to ``$BANGER_TOOL_LOG`` (test runs check that setup.sh installs every program used)."""
+    log = tool_log()
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(path + "\n")
 
 
 def _describe(argv: Sequence[str]) -> str:

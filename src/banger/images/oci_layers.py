@@ -10,11 +10,8 @@ the guest's devtmpfs provides them.
 
 from __future__ import annotations
 
-import errno
 import gzip
-import io
 import os
-import shutil
 import stat
 import tarfile
 import zlib
@@ -26,56 +23,17 @@ from typing import IO
 
 import zstandard
 
+from banger.archive import Escape, apply_dir_attrs, entry_name, hardlink_target, resolve_in_root, write_regular
+from banger.archive import remove as _remove
 from banger.errors import HostError, IntegrityError
 from banger.progress import NullReporter, Reporter
 
+__all__ = ["Escape", "LayerApplier", "apply_layer", "entry_name", "flatten", "open_layer", "resolve_in_root"]
+
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-MAX_SYMLINKS = 40
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-class Escape(Exception):
-    """A path resolved to somewhere above the tree's root."""
-
-
-def _parts(name: str) -> list[str]:
-    return [p for p in name.split("/") if p not in ("", ".")]
-
-
-def resolve_in_root(root: Path, rel: str, *, follow_last: bool = True) -> Path:
-    """``rel`` as a host path in ``root``, following symlinks with chroot semantics; Escape if it leaves."""
-    done: list[str] = []
-    todo = _parts(rel)
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if not done:
-                raise Escape(rel)
-            done.pop()
-            continue
-        here = root.joinpath(*done, part)
-        if (todo or follow_last) and here.is_symlink():
-            hops += 1
-            if hops > MAX_SYMLINKS:
-                raise Escape(f"{rel}: too many levels of symbolic links")
-            target = os.readlink(here)
-            todo = _parts(target) + todo
-            if target.startswith("/"):
-                done = []
-            continue
-        done.append(part)
-    return root.joinpath(*done)
-
-
-def entry_name(member: tarfile.TarInfo) -> str:
-    """The member's normalised relative name ("" for the root); ValueError when absolute or with ``..``."""
-    name = member.name
-    if name.startswith("/") or ".." in name.split("/"):
-        raise ValueError(name)
-    return "/".join(_parts(name))
 
 
 @contextmanager
@@ -110,7 +68,7 @@ class LayerApplier:
     chown: bool = True
     created: set[str] = field(default_factory=set)
     ancestors: set[str] = field(default_factory=set)  # every parent dir of a path in ``created``
-    dirs: list[tuple[Path, tarfile.TarInfo]] = field(default_factory=list)
+    dirs: list[tuple[str, tarfile.TarInfo]] = field(default_factory=list)  # (name in the tree, member)
 
     def fail(self, name: str, why: str) -> IntegrityError:
         return IntegrityError(
@@ -129,9 +87,10 @@ class LayerApplier:
                 self.entry(tar, member, name)
             except Escape:
                 raise self.fail(member.name, "resolves through a symlink to outside the root") from None
-        for path, member in reversed(self.dirs):
-            if path.is_dir() and not path.is_symlink():
-                self.attrs(path, member)
+        # Through O_NOFOLLOW descriptors: a directory a later entry replaced with a symlink is skipped,
+        # never the place the symlink points at.
+        for rel, member in reversed(self.dirs):
+            apply_dir_attrs(self.root, rel, member, chown=self.chown, keep_special=True)
 
     def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
         base = name.rsplit("/", 1)[-1]
@@ -151,9 +110,9 @@ class LayerApplier:
         parent = self.ensure_dirs(parent_rel)
         self.mark(name)
         if not name:
-            self.dirs.append((self.root, member))
+            self.dirs.append(("", member))
             return None
-        self.write(tar, member, parent / base)
+        self.write(tar, member, name, parent / base)
         return None
 
     def ensure_dirs(self, rel: str) -> Path:
@@ -168,12 +127,12 @@ class LayerApplier:
             self.mark(rel)
         return path
 
-    def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+    def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, path: Path) -> None:
         if member.isdir():
             if os.path.lexists(path) and not path.is_dir() or path.is_symlink():
                 _remove(path)
             path.mkdir(mode=0o700, exist_ok=True)
-            self.dirs.append((path, member))
+            self.dirs.append((str(path.relative_to(self.root)), member))
             return
         if os.path.lexists(path):
             _remove(path)
@@ -192,21 +151,14 @@ class LayerApplier:
             self.attrs(path, member)
 
     def regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
-        src = tar.extractfile(member) or io.BytesIO()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+        write_regular(tar, member, path)
 
     def hardlink(self, member: tarfile.TarInfo, path: Path) -> None:
         try:
-            target_rel = "/".join(_parts(member.linkname))
-            if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
-                raise Escape(member.linkname)
-            target = resolve_in_root(self.root, target_rel, follow_last=False)
+            target = hardlink_target(self.root, member)
         except Escape:
-            raise self.fail(member.name, f"hard link to {member.linkname!r} outside the root") from None
-        if not os.path.lexists(target) or os.path.isdir(target) and not target.is_symlink():
-            raise self.fail(member.name, f"hard link to missing or directory target {member.linkname!r}")
+            raise self.fail(member.name, f"hard link to {member.linkname!r} outside the root or not a file") \
+                from None
         os.link(target, path, follow_symlinks=False)
 
     def attrs(self, path: Path, member: tarfile.TarInfo) -> None:
@@ -261,19 +213,6 @@ class LayerApplier:
                 _remove(cpath)
             elif cpath.is_dir() and not cpath.is_symlink():
                 self._prune(cpath, crel)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
 
 
 def apply_layer(root: Path, blob: Path, *, layer: str = "", reporter: Reporter | None = None) -> None:

@@ -20,7 +20,8 @@ class Home:
     """A private BANGER_HOME (short path: Unix socket paths are limited to 108 bytes)."""
 
     def __init__(self, root: Path | None = None, *, netns: str | None = None):
-        self.root = root or Path(tempfile.mkdtemp(prefix="bh-", dir="/tmp"))
+        # Inside the test run's directory when there is one (banger.testing.leaks checks it is empty at the end).
+        self.root = root or Path(tempfile.mkdtemp(prefix="bh-", dir=os.environ.get("BANGER_TEST_TMP", "/tmp")))
         self.netns = netns
         self.env = {**os.environ, "BANGER_HOME": str(self.root)}
         self.layout: Layout = layout_from_env(self.env)
@@ -40,6 +41,9 @@ class Home:
 
     def start_daemon(self, *extra: str) -> int:
         """Start bangerd directly (detached, like the CLI does) and wait for its socket; returns its pid."""
+        running = self.daemon_pid()
+        if running is not None and _alive(running):
+            raise AssertionError(f"a bangerd (pid {running}) already serves {self.root}: a CLI call auto-started it")
         self.layout.ensure()
         log = open(self.layout.daemon_stdio_log, "ab")  # noqa: SIM115
         proc = subprocess.Popen(self._wrap([sys.executable, "-m", "banger.daemon", *extra]), env=self.env,
@@ -47,8 +51,8 @@ class Home:
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.layout.socket.exists() and self.daemon_pid():
-                return self.daemon_pid() or proc.pid
+            if self.layout.socket.exists() and self.daemon_pid() == proc.pid:  # `ip netns exec` execs: same pid
+                return proc.pid
             if proc.poll() is not None:
                 raise AssertionError(f"bangerd exited {proc.returncode}: {self.layout.daemon_stdio_log.read_text()}")
             time.sleep(0.02)

@@ -20,7 +20,9 @@ class NetNS:
     """``with NetNS() as ns:``: namespace ``ns.name``, ``lo`` up; on exit, kill what runs in it, delete it."""
 
     def __init__(self, name: str | None = None):
-        self.name = netns.check_name(name or f"bgtest-{uuid.uuid4().hex[:8]}")
+        run = os.environ.get("BANGER_TEST_RUN")  # a test run's namespaces carry its id (banger.testing.leaks)
+        default = f"bgtest-{run}-{uuid.uuid4().hex[:6]}" if run else f"bgtest-{uuid.uuid4().hex[:8]}"
+        self.name = netns.check_name(name or default)
 
     def __enter__(self) -> NetNS:
         if netns.exists(self.name):
