@@ -4,8 +4,8 @@
 #   scripts/in-fresh-debian.sh scripts/test.sh [PYTEST ARGS...]
 # The bare root is built once per machine and cached as a tarball ($BANGER_FRESH_BASE); each run unpacks a
 # new copy and removes it afterwards. The test cache ($BANGER_TEST_CACHE, kernels and images keyed by
-# their inputs) is shared with the host so artifacts are still built once. This machine's apt, pip and DNS
-# settings are copied in so the package mirrors resolve the same way.
+# their inputs) is shared with the host so artifacts are still built once. This machine's apt, pip, DNS
+# and CA settings are copied in so the package mirrors resolve and verify the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "in-fresh-debian: run as root" >&2; exit 2; }
@@ -43,7 +43,8 @@ cleanup() {
 trap cleanup EXIT
 tar -C "$root" -xf "$base"
 mount --bind "$root" "$root"  # a mount point, so `ip netns exec` can remount / as a slave inside it
-for f in /etc/resolv.conf /etc/apt/sources.list.d /etc/apt/apt.conf.d /etc/pip.conf /etc/xdg/pip /etc/ssl/certs; do
+for f in /etc/resolv.conf /etc/apt/sources.list.d /etc/apt/apt.conf.d /etc/pip.conf /etc/xdg/pip /etc/ssl/certs \
+         /usr/local/share/ca-certificates; do
   if [ -e "$f" ]; then mkdir -p "$root$(dirname "$f")"; cp -a "$f" "$root$(dirname "$f")/"; fi
 done
 [ -d /etc/apt/sources.list.d ] && [ -n "$(ls -A /etc/apt/sources.list.d)" ] && rm -f "$root/etc/apt/sources.list"
@@ -56,6 +57,7 @@ mkdir -p "$root$cache" "$root/src"
 mount --bind "$cache" "$root$cache"
 # The checkout as CI sees it: tracked files plus new ones not ignored (no .venv, no caches).
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -C "$root/src" -xf -
-env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb LANG=C.UTF-8 BANGER_TEST_CACHE="$cache" \
-  $(env | grep -E '^PIP_' | tr '\n' ' ') \
+# The machine's package-mirror settings travel along (pip options, CA bundles, proxies), nothing else.
+mapfile -t keep < <(env | grep -E '^(PIP_[A-Z_]*|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|GIT_SSL_CAINFO|(https?|no)_proxy|(HTTPS?|NO)_PROXY|CI)=' || true)
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb LANG=C.UTF-8 BANGER_TEST_CACHE="$cache" "${keep[@]}" \
   chroot "$root" bash -c 'cd /src && exec "$@"' _ "$@"
