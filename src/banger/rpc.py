@@ -49,6 +49,8 @@ def decode_request(frame: bytes) -> tuple[Any, str, dict[str, Any], bool]:
         msg = json.loads(frame)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(parse_error(str(exc))) from None
+    except RecursionError:  # json recurses once per nesting level; no request nests this deep
+        raise ValueError(parse_error("the message nests arrays or objects too deeply")) from None
     if isinstance(msg, list):
         raise ValueError(invalid_request("batch requests are not supported; send one request per line"))
     if not isinstance(msg, dict):

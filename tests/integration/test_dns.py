@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,6 +93,45 @@ async def test_port_in_use_is_a_host_error(server: dns.VmDnsServer) -> None:
     await other.close()
     await server.close()
     await server.close()  # twice is fine
+
+
+async def _tcp_rcode(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str) -> int:
+    query = DNSRecord.question(name).pack()
+    writer.write(struct.pack("!H", len(query)) + query)
+    size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))[0]
+    return int(DNSRecord.parse(await asyncio.wait_for(reader.readexactly(size), 2)).header.rcode)
+
+
+async def _reset_at_once(host: str, port: int) -> bool:
+    """Whether a new TCP connection is closed by the server before it sends anything."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        return await asyncio.wait_for(reader.read(1), 2) == b""
+    except ConnectionResetError:
+        return True
+    finally:
+        writer.close()
+
+
+async def test_tcp_connections_beyond_the_cap_are_reset(server: dns.VmDnsServer) -> None:
+    assert server.address is not None
+    host, port = server.address
+    held = [await asyncio.open_connection(host, port) for _ in range(dns.MAX_TCP_CONNECTIONS)]
+    try:
+        assert await _tcp_rcode(*held[-1], "dev.vm") == RCODE.NOERROR  # all of them are being served
+        for _ in range(3):
+            assert await _reset_at_once(host, port), "a connection beyond the cap must be closed at once"
+        assert await _tcp_rcode(*held[0], "nope.vm") == RCODE.NXDOMAIN  # the held ones still answer
+        assert "172.30.0.5" in await dig(server, "dev.vm", "A", "+short")  # and UDP is untouched
+    finally:
+        for _, writer in held:
+            writer.close()
+    await asyncio.sleep(0.2)  # the server sees the hang-ups
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        assert await _tcp_rcode(reader, writer, "api-2.vm") == RCODE.NOERROR
+    finally:
+        writer.close()
 
 
 def test_vm_name() -> None:

@@ -82,3 +82,18 @@ def test_notification_gets_no_reply_and_ids_are_echoed(served: Home) -> None:
         s.sendall(b'{"jsonrpc":"2.0","method":"daemon.ping"}\n{"jsonrpc":"2.0","id":"abc","method":"daemon.ping"}\n')
         reply = json.loads(s.makefile("rb").readline())
     assert reply["id"] == "abc" and "result" in reply
+
+
+@pytest.mark.parametrize("opener,closer", [(b"[", b"]"), (b'{"a":', b"}")])
+def test_deep_nesting_gets_parse_error_and_connection_keeps_serving(served: Home, opener: bytes,
+                                                                    closer: bytes) -> None:
+    deep = opener * 5_000 + b"1" + closer * 5_000  # past the recursion limit of Python's JSON parser
+    with _conn(served) as s:
+        s.settimeout(10)
+        reader = s.makefile("rb")
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"daemon.ping","params":{"x":' + deep + b"}}\n")
+        reply = json.loads(reader.readline())
+        assert reply["error"]["code"] == -32700 and "too deeply" in reply["error"]["message"], reply
+        s.sendall(b'{"jsonrpc":"2.0","id":2,"method":"daemon.ping"}\n')  # same connection still works
+        assert json.loads(reader.readline())["result"]["pid"] == served.daemon_pid()
+    _still_serving(served)

@@ -19,7 +19,7 @@ from banger.daemon.kernel_service import KernelService
 from banger.daemon.network import NetworkService
 from banger.daemon.operations import Operations
 from banger.daemon.runtime import RuntimeService
-from banger.daemon.server import Server
+from banger.daemon.server import FRAME_TIMEOUT, Server
 from banger.daemon.vm_service import VMService
 from banger.daemon.workspace_service import WorkspaceService
 from banger.errors import BangerError, InvalidArgument, MethodNotFound
@@ -37,7 +37,7 @@ class Daemon:
     """Holds everything the RPC handlers need; no globals anywhere else."""
 
     def __init__(self, config: Config, layout: Layout, store: Store, priv: Privileged, *,
-                 version: str = __version__):
+                 version: str = __version__, frame_timeout: float = FRAME_TIMEOUT):
         self.config = config
         self.layout = layout
         self.store = store
@@ -55,17 +55,17 @@ class Daemon:
         self._background: list[asyncio.Task[None]] = []
         self.dns = VmDnsServer(self.vms.resolve_dns)
         self.dns_status = "not started"
-        self.server = Server(layout.socket, self.dispatch)
+        self.server = Server(layout.socket, self.dispatch, frame_timeout=frame_timeout)
         self.stopping = asyncio.Event()
 
     @classmethod
     async def open(cls, config: Config, layout: Layout, *, priv: Privileged | None = None,
-                   version: str = __version__) -> Daemon:
+                   version: str = __version__, frame_timeout: float = FRAME_TIMEOUT) -> Daemon:
         from banger.daemon import reconcile
 
         layout.ensure()
         store = Store(open_db(layout.db))
-        daemon = cls(config, layout, store, priv or local(), version=version)
+        daemon = cls(config, layout, store, priv or local(), version=version, frame_timeout=frame_timeout)
         ssh.ensure_key(daemon.key_path)
         await reconcile.adopt_all(daemon.vms)
         daemon._background = [

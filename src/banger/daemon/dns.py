@@ -3,6 +3,8 @@
 Answers are authoritative with TTL 0 (a name may move to another address when a VM is recreated).
 A known name asked for another type (AAAA, MX, ...) gets an empty NOERROR answer, so resolvers asking
 for A and AAAA together still get the A record; unknown ``.vm`` names get NXDOMAIN; other zones REFUSED.
+Any local user can reach the port, so TCP is bounded: MAX_TCP_CONNECTIONS at once (extra ones are reset
+without a log line), one deadline per query and per reply.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from banger.errors import HostError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 42069
 ZONE = "vm"
+# A query (its length prefix and body) or the write of its reply must finish within this long.
 _TCP_IDLE = 10.0
+# Our answers fit in UDP; TCP is a resolver's fallback and needs a handful of connections. Each one holds a
+# descriptor of the daemon (usually 1,024 in all), so a flood of them must not starve the RPC socket.
+MAX_TCP_CONNECTIONS = 64
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,7 @@ class VmDnsServer:
         self.zone = zone
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
+        self._tcp_open = 0
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -134,15 +141,29 @@ class VmDnsServer:
             self._tcp = None
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_open >= MAX_TCP_CONNECTIONS:
+            writer.transport.abort()  # a reset, at once: the flood pays for it, not the log or the descriptors
+            return
+        self._tcp_open += 1
         try:
-            while True:
-                size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), _TCP_IDLE))[0]
-                reply = answer(await asyncio.wait_for(reader.readexactly(size), _TCP_IDLE), self.resolve, self.zone)
-                if reply is None:
-                    break
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            pass
+            await self._answer_tcp(reader, writer)
+        except (asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass  # the client hung up, reset or stalled: nothing to log
         finally:
-            writer.close()
+            self._tcp_open -= 1
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # a peer that stopped reading would hold the descriptor forever
+            else:
+                writer.close()
+
+    async def _answer_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            async with asyncio.timeout(_TCP_IDLE):
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                query = await reader.readexactly(size)
+            reply = answer(query, self.resolve, self.zone)
+            if reply is None:
+                return
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            async with asyncio.timeout(_TCP_IDLE):
+                await writer.drain()
