@@ -7,13 +7,16 @@ import re
 from banger.errors import InvalidArgument
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
+VM_ID_RE = re.compile(r"[0-9a-f]{12}")  # the shape of a VM id (vm_create.new_vm: secrets.token_hex(6))
 
 
 def validate_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid ``kind`` name (``vm``, ``image``, ``kernel``), else InvalidArgument.
 
     A name is 1-63 characters of lowercase letters, digits, ``-`` and ``.``, starting with a letter or
-    digit, never ``..``-style path traversal and never anything a shell would interpret.
+    digit, never ``..``-style path traversal and never anything a shell would interpret. A VM name never
+    has the shape of a VM id (12 lowercase hex characters): commands take either, so one VM's name could
+    otherwise stand for another VM's id.
     """
     if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value or value.endswith("."):
         raise InvalidArgument(
@@ -21,6 +24,10 @@ def validate_name(kind: str, value: str) -> str:
             hint="use 1-63 lowercase letters, digits, '-' or '.', starting with a letter or digit "
             "(e.g. debian-6.1)",
         )
+    if kind == "vm" and VM_ID_RE.fullmatch(value):
+        raise InvalidArgument(f"invalid vm name {value!r}: it looks like a VM id (12 hex digits), and VM "
+                              "commands accept ids and names alike",
+                              hint="pick a name that is not 12 characters of 0-9a-f, e.g. with a '-' in it")
     return value
 
 

@@ -22,6 +22,17 @@ def test_guest_path_refuses_escapes(bad: str) -> None:
         plan.guest_path(bad)
 
 
+@pytest.mark.parametrize("bad", ["/root/a\0b", "/root/a\rb", "/root/\x1b[31mred", "/root/a\x85b", "a\nb", "\n"])
+def test_guest_path_refuses_control_characters(bad: str) -> None:
+    with pytest.raises(InvalidArgument, match="control characters"):
+        plan.guest_path(bad)
+
+
+def test_scripts_quote_the_guest_path_in_messages_too() -> None:
+    script = plan.empty_check_script("/root/it's")
+    assert "'banger: /root/it'\"'\"'s is not empty'" in script and "echo" not in script
+
+
 def test_shallow_git_files_branch_and_detached() -> None:
     head = "a" * 40
     on_branch = plan.shallow_git_files(head, "main")

@@ -58,15 +58,15 @@ def logs(ctx: Context, follow: bool, lines: int) -> None:
     """Print the daemon's JSON log."""
     path = ctx.layout.daemon_log
     if not path.exists():
-        render.err.print(f"no daemon log yet at {path}")
+        render.echo(f"no daemon log yet at {path}", stderr=True)
         return
     with open(path, errors="replace") as f:
         for line in f.readlines()[-lines:]:
-            sys.stdout.write(line)
+            sys.stdout.write(render.clean(line, keep="\n\t"))  # the daemon writes escaped JSON; check anyway
         while follow:
             line = f.readline()
             if line:
-                sys.stdout.write(line)
+                sys.stdout.write(render.clean(line, keep="\n\t"))
                 sys.stdout.flush()
             else:
                 time.sleep(0.2)

@@ -27,10 +27,11 @@ def local_path(source: str) -> str:
 
 def _installed(op: Operation) -> None:
     image = (op.result or {}).get("image") or {}
-    render.err.print(f"image {image.get('name', op.target)} ready (kernel {image.get('kernel_ref') or 'bundled'})")
+    render.echo(f"image {image.get('name', op.target)} ready (kernel {image.get('kernel_ref') or 'bundled'})",
+                stderr=True)
     for line in op.log:
         if line.startswith("warning:"):
-            render.err.print(line)
+            render.echo(line, stderr=True)
 
 
 @click.group()
@@ -105,7 +106,7 @@ def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
     if as_json:
         render.as_json(result)
         return
-    render.out.print(f"{result.get('sha256')}  {result.get('path')}", markup=False)
+    render.echo(f"{result.get('sha256')}  {result.get('path')}")
 
 
 @image.command("register")
@@ -130,7 +131,7 @@ def image_register(ctx: Context, name: str, rootfs: str, kernel_ref: str | None,
 def image_promote(ctx: Context, name: str) -> None:
     """Make image NAME the default for new VMs."""
     ctx.client.image_promote(name)
-    render.err.print(f"image {name} is now the default for new VMs")
+    render.echo(f"image {name} is now the default for new VMs", stderr=True)
 
 
 @image.command("delete")
@@ -139,7 +140,7 @@ def image_promote(ctx: Context, name: str) -> None:
 def image_delete(ctx: Context, name: str) -> None:
     """Delete image NAME (refused while a VM uses it)."""
     ctx.client.image_delete(name)
-    render.err.print(f"image {name} deleted")
+    render.echo(f"image {name} deleted", stderr=True)
 
 
 @image.group("cache")

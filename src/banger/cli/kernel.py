@@ -61,7 +61,7 @@ def kernel_pull(ctx: Context, name: str, force: bool) -> None:
     """Fetch (or build) catalog kernel NAME; Ctrl-C cancels and leaves nothing behind."""
     op = run(ctx.client, lambda: ctx.client.kernel_pull(name, force=force))
     version = ((op.result or {}).get("kernel") or {}).get("version", "")
-    render.err.print(f"kernel {name} {version} installed".replace("  ", " "))
+    render.echo(f"kernel {name} {version} installed".replace("  ", " "), stderr=True)
 
 
 @kernel.command("import")
@@ -72,7 +72,7 @@ def kernel_pull(ctx: Context, name: str, force: bool) -> None:
 def kernel_import(ctx: Context, name: str, vmlinux: str, initrd: str | None) -> None:
     """Install a local vmlinux (and initrd) as kernel NAME."""
     k = ctx.client.kernel_import(name, os.path.abspath(vmlinux), os.path.abspath(initrd) if initrd else None)
-    render.err.print(f"kernel {k.name} imported into {k.dir}")
+    render.echo(f"kernel {k.name} imported into {k.dir}", stderr=True)
 
 
 @kernel.command("rm")
@@ -81,4 +81,4 @@ def kernel_import(ctx: Context, name: str, vmlinux: str, initrd: str | None) -> 
 def kernel_rm(ctx: Context, name: str) -> None:
     """Remove kernel NAME (refused while a VM boots it)."""
     ctx.client.kernel_rm(name)
-    render.err.print(f"kernel {name} removed")
+    render.echo(f"kernel {name} removed", stderr=True)

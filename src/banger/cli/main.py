@@ -14,15 +14,17 @@ from banger.errors import BangerError
 
 
 class BangerGroup(click.Group):
-    """Turns banger errors into one or two lines on stderr and the error's exit code; no tracebacks."""
+    """Turns banger errors into one or two lines on stderr and the error's exit code; no tracebacks.
+
+    Messages carry text from outside (paths, names, guest output): they are printed cleaned and never as
+    markup. (click's own usage errors already show bad arguments as Python reprs, escapes and all.)
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BangerError as exc:
-            render.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
-            if exc.hint:
-                render.err.print(f"  hint: {exc.hint}", markup=False)
+            render.error(exc.message, exc.hint)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             render.err.print("interrupted")

@@ -1,8 +1,15 @@
-"""Output for people (rich tables) and for scripts (``--json``), in one place."""
+"""Output for people (rich tables) and for scripts (``--json``), in one place.
+
+Terminal safety: text that came from outside (names, distro strings, guest process names, error
+messages, console output, arguments) is printed through :func:`clean` / :func:`literal` / :func:`echo`:
+terminal escape sequences and control characters are removed (newline and tab only where the caller
+allows them), and rich never reads the text as markup or emoji codes.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -13,6 +20,60 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
+
+# Whole escape sequences go first, so no "[31m" residue is left once ESC itself is gone: CSI (ESC [ or
+# U+009B, parameters, final byte), string sequences (OSC ESC ], DCS ESC P, SOS ESC X, PM ESC ^, APC ESC _,
+# or their C1 forms) up to BEL or ST, and the other two- or three-byte ESC sequences. String bodies stop
+# at any ESC or C1 character, which keeps the scan linear on hostile input (no backtracking to the end).
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x80-\x9f]*(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]"
+)
+_UNFINISHED = re.compile(r"(?:\x1b(?:\[[0-?]*[ -/]*|[\]PX^_][^\x07\x1b\x80-\x9f]*|[ -/]*)"
+                         r"|[\x9b][0-?]*[ -/]*|[\x90\x98\x9d\x9e\x9f][^\x07\x1b\x80-\x9f]*)\Z")
+# C0, DEL, C1, and the bidirectional overrides that make a terminal show text in another order than it is.
+_CONTROL_CHARS = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F),
+                  *range(0x2066, 0x206A)]
+
+
+@cache
+def _strip_table(keep: str) -> dict[int, None]:
+    return {c: None for c in _CONTROL_CHARS if chr(c) not in keep}
+
+
+def clean(value: object, *, keep: str = "") -> str:
+    """``value`` as text a terminal shows literally: escape sequences and control characters removed,
+    except the characters in ``keep`` (e.g. ``"\\n\\t"``)."""
+    text = "" if value is None else str(value)
+    return _ESCAPES.sub("", text).translate(_strip_table(keep))
+
+
+def split_unfinished(text: str) -> tuple[str, str]:
+    """``text`` split before an escape sequence it ends in the middle of (at most 256 characters held back),
+    so a stream cleaned chunk by chunk loses whole sequences, not halves."""
+    match = _UNFINISHED.search(text, max(0, len(text) - 256))
+    return (text[:match.start()], text[match.start():]) if match else (text, "")
+
+
+def literal(value: object, *, keep: str = "", style: str = "") -> Text:
+    """``value`` cleaned, as rich Text: printed exactly, never interpreted as markup or ``:emoji:``."""
+    from rich.text import Text
+
+    return Text(clean(value, keep=keep), style=style)
+
+
+def echo(message: object, *, stderr: bool = False, keep: str = "\n\t") -> None:
+    """Print a message that holds text from outside on stdout (or stderr), literally."""
+    (err if stderr else out).print(literal(message, keep=keep))
+
+
+def error(message: str, hint: str | None = None) -> None:
+    """``error: MESSAGE`` (and ``  hint: HINT``) on stderr, both cleaned: the CLI's one error format."""
+    err.print(literal("error:", style="bold red") + literal(" " + message, keep="\n\t"))
+    if hint:
+        err.print(literal(f"  hint: {hint}", keep="\n\t"))
 
 
 # rich costs ~70 ms to import; `--json` output and plain messages do not need it.
@@ -64,7 +125,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str =
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        t.add_row(*(literal(v) for v in r))  # cells come from daemons, images and guests: never markup
     out.print(t)
 
 
@@ -72,7 +133,7 @@ def fields(pairs: Sequence[tuple[str, Any]]) -> None:
     """``key: value`` lines for `show` commands."""
     width = max(len(k) for k, _ in pairs) if pairs else 0
     for k, v in pairs:
-        out.print(f"{k.ljust(width)}  {'' if v is None else v}", markup=False)
+        out.print(literal(f"{k.ljust(width)}  {clean(v)}"))
 
 
 def ago(ts: datetime | None) -> str:

@@ -93,7 +93,7 @@ def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quie
     result = op.result or {}
     for line in op.log:
         if line.startswith("runtime "):
-            render.err.print(line, markup=False)
+            render.echo(line, stderr=True)
     return VM.model_validate(result["vm"])
 
 
@@ -108,7 +108,7 @@ def vm_create(ctx: Context, no_start: bool, as_json: bool, **opts: object) -> No
     if as_json:
         render.as_json(v)
     else:
-        render.out.print(f"{v.name} {v.state} {v.ip} ({v.runtime})", markup=False)
+        render.echo(f"{v.name} {v.state} {v.ip} ({v.runtime})")
 
 
 def _fan_out(ctx: Context, action: str, refs: tuple[str, ...], as_json: bool) -> None:
@@ -119,13 +119,13 @@ def _fan_out(ctx: Context, action: str, refs: tuple[str, ...], as_json: bool) ->
     for r in results:
         if r["ok"]:
             if not as_json:
-                render.out.print(f"{r['ref']}: {r['vm']['state']}", markup=False)
+                render.echo(f"{r['ref']}: {r['vm']['state']}")
         else:
             failed += 1
             err = r["error"]
-            render.err.print(f"{r['ref']}: error: {err['message']}", markup=False)
+            render.echo(f"{r['ref']}: error: {err['message']}", stderr=True)
             if (err.get("data") or {}).get("hint"):
-                render.err.print(f"  hint: {err['data']['hint']}", markup=False)
+                render.echo(f"  hint: {err['data']['hint']}", stderr=True)
     if failed:
         raise SystemExit(1)
 
@@ -156,9 +156,9 @@ def vm_prune(ctx: Context, force: bool) -> None:
         render.err.print("nothing to prune")
         return
     if not force:
-        click.confirm(f"delete {len(victims)} VM(s): {', '.join(victims)}?", abort=True, err=True)
+        click.confirm(render.clean(f"delete {len(victims)} VM(s): {', '.join(victims)}?"), abort=True, err=True)
     for v in ctx.client.vm_prune():
-        render.out.print(f"deleted {v.name}", markup=False)
+        render.echo(f"deleted {v.name}")
 
 
 @vm.command("set")
@@ -177,26 +177,33 @@ def vm_set(ctx: Context, ref: str, as_json: bool, **opts: object) -> None:
     if as_json:
         render.as_json(v)
     else:
-        render.out.print(f"{v.name}: vcpu={v.spec.vcpu} memory={v.spec.memory_mib}M "
-                         f"disk={render.size(v.spec.disk_size)} nat={v.spec.nat}", markup=False)
+        render.echo(f"{v.name}: vcpu={v.spec.vcpu} memory={v.spec.memory_mib}M "
+                    f"disk={render.size(v.spec.disk_size)} nat={v.spec.nat}")
 
 
 @vm.command("logs")
 @click.argument("ref")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new console output.")
+@click.option("--raw", is_flag=True, help="Print escape sequences and control characters as the guest wrote them.")
 @pass_ctx
-def vm_logs(ctx: Context, ref: str, follow: bool) -> None:
-    """Print a VM's serial console."""
+def vm_logs(ctx: Context, ref: str, follow: bool, raw: bool) -> None:
+    """Print a VM's serial console (terminal escape sequences removed unless --raw)."""
     import sys
     import time
 
-    offset = 0
+    offset, held = 0, ""
     while True:
         chunk = ctx.client.vm_logs(ref, offset)
-        sys.stdout.write(chunk.data)
-        sys.stdout.flush()
         offset = chunk.offset
+        if raw:
+            sys.stdout.write(chunk.data)
+        else:
+            text, held = render.split_unfinished(held + chunk.data)  # a sequence cut by the chunk ends later
+            sys.stdout.write(render.clean(text, keep="\n\t"))
+        sys.stdout.flush()
         if not follow:
+            if held:
+                sys.stdout.write(render.clean(held, keep="\n\t"))
             return
         if not chunk.data:
             time.sleep(0.5)

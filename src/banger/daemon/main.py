@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import os
 import signal
+import stat
 import sys
+from pathlib import Path
 
 from banger import __version__, config, paths
 from banger.daemon import logs
 from banger.daemon.app import Daemon
-from banger.errors import BangerError
+from banger.daemon.server import FRAME_TIMEOUT
+from banger.errors import BangerError, PermissionDenied
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -19,11 +23,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", action="version", version=f"bangerd {__version__}")
     # Tests use this to stand up an "old" daemon and watch the CLI replace it.
     parser.add_argument("--version-override", default=None, help=argparse.SUPPRESS)
+    # Tests shorten how long a half-sent RPC frame may stay unfinished, to watch the connection dropped.
+    parser.add_argument("--frame-timeout", type=float, default=FRAME_TIMEOUT, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-async def _serve(cfg: config.Config, layout: paths.Layout, version: str) -> None:
-    daemon = await Daemon.open(cfg, layout, version=version)
+async def _serve(cfg: config.Config, layout: paths.Layout, version: str, frame_timeout: float) -> None:
+    daemon = await Daemon.open(cfg, layout, version=version, frame_timeout=frame_timeout)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopping.set)
@@ -42,19 +48,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bangerd: {exc}", file=sys.stderr)
         return exc.exit_code
     layout.ensure()
-    lock = open(layout.runtime_dir / "bangerd.lock", "w")  # noqa: SIM115  (held for the process lifetime)
     try:
+        lock = _open_own(layout.runtime_dir / "bangerd.lock")  # held (and locked) for the process lifetime
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(_open_own(layout.pid_file))  # only checked and created here: Daemon.open writes it once serving
     except BlockingIOError:
         print(f"bangerd: another bangerd already serves {layout.socket}", file=sys.stderr)
         return 1
+    except PermissionDenied as exc:
+        print(f"bangerd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"bangerd: cannot open {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     logs.setup(layout.daemon_log, cfg.log_level)
     try:
-        asyncio.run(_serve(cfg, layout, args.version_override or __version__))
+        asyncio.run(_serve(cfg, layout, args.version_override or __version__, args.frame_timeout))
     except BangerError as exc:
         print(f"bangerd: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def _open_own(path: Path) -> int:
+    """Open (creating) the regular file ``path`` without following a symlink planted there.
+
+    Neither truncated nor written here: a refused path stays exactly as it was found.
+    """
+    hint = f"something other than bangerd put it there: `rm {path}` (after a look at it), then start again"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise PermissionDenied(f"{path} is a symlink; bangerd refuses to follow it", hint=hint) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PermissionDenied(f"{path} is not a regular file; bangerd refuses to use it", hint=hint)
+    return fd
 
 
 if __name__ == "__main__":

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import posixpath
-import shlex
+import re
 from dataclasses import dataclass
 
 from banger.errors import InvalidArgument
+from banger.script import Script
 
 DEFAULT_GUEST_PATH = "/root/repo"
 GUEST_ROOT = "/root"
 BOOTSTRAP_LOG = "/root/.cache/banger/mise-bootstrap.log"
 MISE_FILES = (".mise.toml", "mise.toml", ".tool-versions")
 NOT_EMPTY_STATUS = 17  # the prepare script's exit status when the target directory holds files already
+COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 or SHA-256 object id
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,9 @@ def guest_path(text: str | None) -> str:
     if not raw.startswith("/"):
         raw = posixpath.join(GUEST_ROOT, raw)
     norm = posixpath.normpath(raw)
-    if not norm.startswith(GUEST_ROOT + "/") or "\0" in norm or "\n" in norm:
-        raise InvalidArgument(f"--guest-path {text!r} must be a directory under {GUEST_ROOT}, e.g. /root/repo")
+    if not norm.startswith(GUEST_ROOT + "/") or CONTROL_RE.search(norm):
+        raise InvalidArgument(f"--guest-path {text!r} must be a directory under {GUEST_ROOT} with no control "
+                              "characters (newline, NUL, ...), e.g. /root/repo")
     return norm
 
 
@@ -63,36 +67,54 @@ def host_tar_argv(root: str, extra_dir: str | None) -> list[str]:
     return argv
 
 
+def _checked_dir(guest: str) -> str:
+    """``guest`` if it is an absolute path: a relative one could start with ``-`` and read as an option."""
+    if not guest.startswith("/"):
+        raise InvalidArgument(f"guest directory {guest!r} must be an absolute path")
+    return guest
+
+
+def _checked_commit(head: str) -> str:
+    """``head`` if it is a full commit id (the scripts pass it as an argument, so never an option)."""
+    if not COMMIT_RE.fullmatch(head):
+        raise InvalidArgument(f"{head!r} is not a full commit id")
+    return head
+
+
+def _empty_check(s: Script, guest: str) -> Script:
+    s.line('if [ -d {guest} ] && [ -n "$(ls -A {guest})" ]; then', guest=_checked_dir(guest))
+    s.say(f"banger: {guest} is not empty")
+    return s.line("exit {}", NOT_EMPTY_STATUS).raw("fi")
+
+
 def empty_check_script(guest: str) -> str:
     """Guest shell: exit NOT_EMPTY_STATUS when ``guest`` is a non-empty directory."""
-    q = shlex.quote(guest)
-    return (f"set -eu\nif [ -d {q} ] && [ -n \"$(ls -A {q})\" ]; then "
-            f"echo 'banger: {guest} is not empty' >&2; exit {NOT_EMPTY_STATUS}; fi\n")
+    return _empty_check(Script(), guest).render()
 
 
 def unpack_script(guest: str) -> str:
     """Guest shell: refuse a non-empty target, then extract the tar on stdin into it."""
-    q = shlex.quote(guest)
-    return empty_check_script(guest) + f"mkdir -p {q}\ntar -x --no-same-owner -f - -C {q}\n"
+    s = _empty_check(Script(), guest)
+    return s.cmd("mkdir", "-p", guest).cmd("tar", "-x", "--no-same-owner", "-f", "-", "-C", guest).render()
 
 
-def setup_script(s: GuestSetup) -> str:
+def setup_script(st: GuestSetup) -> str:
     """Guest shell run after unpacking: branch, index, identity; prints the resulting HEAD."""
-    lines = ["set -eu", f"cd {shlex.quote(s.guest_path)}", "export GIT_TERMINAL_PROMPT=0"]
-    if s.branch:
-        lines.append(f"git update-ref refs/heads/{shlex.quote(s.branch)} {s.head}")
-        lines.append(f"git symbolic-ref HEAD refs/heads/{shlex.quote(s.branch)}")
-    elif s.detach:
-        lines.append(f"git update-ref --no-deref HEAD {s.head}")
-    if s.checkout:
-        lines.append(f"git read-tree {s.head}")
-        lines.append("git checkout-index -a -u")
+    head = _checked_commit(st.head)
+    s = Script().cmd("cd", _checked_dir(st.guest_path)).raw("export GIT_TERMINAL_PROMPT=0")
+    if st.branch:
+        s.cmd("git", "update-ref", f"refs/heads/{st.branch}", head)
+        s.cmd("git", "symbolic-ref", "HEAD", f"refs/heads/{st.branch}")
+    elif st.detach:
+        s.cmd("git", "update-ref", "--no-deref", "HEAD", head)
+    if st.checkout:
+        s.cmd("git", "read-tree", head).raw("git checkout-index -a -u")
     else:
-        lines.append("[ -f .git/index ] || git read-tree HEAD")
-    lines.append("git update-index -q --refresh >/dev/null || true")
-    lines += [f"git config {shlex.quote(k)} {shlex.quote(v)}" for k, v in s.identity]
-    lines.append("git rev-parse HEAD")
-    return "\n".join(lines) + "\n"
+        s.raw("[ -f .git/index ] || git read-tree HEAD")
+    s.raw("git update-index -q --refresh >/dev/null || true")
+    for key, value in st.identity:
+        s.cmd("git", "config", key, value)  # git config stops parsing options at the key: a value may start with -
+    return s.raw("git rev-parse HEAD").render()
 
 
 def wants_bootstrap(shipped_names: set[str]) -> bool:
@@ -102,10 +124,10 @@ def wants_bootstrap(shipped_names: set[str]) -> bool:
 
 def bootstrap_script(guest: str) -> str:
     """Guest shell: start ``mise trust && mise install`` in the background, logging under /root/.cache/banger."""
-    q = shlex.quote(guest)
-    log = shlex.quote(BOOTSTRAP_LOG)
-    return (f"mkdir -p {shlex.quote(posixpath.dirname(BOOTSTRAP_LOG))} && cd {q} && "
-            f"nohup sh -c 'mise trust && mise install' >{log} 2>&1 </dev/null &")
+    return Script(strict=False).line(
+        "mkdir -p {} && cd {} && nohup sh -c {} >{} 2>&1 </dev/null &",
+        posixpath.dirname(BOOTSTRAP_LOG), _checked_dir(guest), "mise trust && mise install", BOOTSTRAP_LOG,
+    ).render()
 
 
 MISE_PROBE = "command -v mise >/dev/null 2>&1"
