@@ -9,6 +9,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -115,8 +116,11 @@ def build_golden_image() -> Path:
     dest = base / inputs_hash(DEBIAN_MIRROR)
     with cache_lock("golden"):
         if not (dest / "manifest.json").is_file():
+            # Other recipes' images may belong to a run of other code on this machine: only old ones go.
             for stale in base.iterdir() if base.is_dir() else ():
-                shutil.rmtree(stale, ignore_errors=True)
+                if time.time() - stale.stat().st_mtime > 3 * 86400:
+                    shutil.rmtree(stale, ignore_errors=True)
+            shutil.rmtree(dest, ignore_errors=True)  # a build killed half way
             build = build_golden(dest, name="debian-bookworm", mirror=DEBIAN_MIRROR,
                                  cache_dir=cache_root() / "golden-build", reporter=NullReporter())
             asyncio.run(build)

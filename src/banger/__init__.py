@@ -15,10 +15,12 @@ Map of the package (a request reads top to bottom):
 - ``bootargs`` / ``ipam`` / ``names``   pure: guest kernel command line, addresses and MACs, name rules.
 - ``model``     the records (VM, Image, Kernel, Operation); ``progress`` the Reporter protocol.
 - ``files`` / ``threads``   atomic file replacement; blocking work off the event loop.
+- ``archive``   unpacking tar members without trusting their names or the tree's symlinks (OCI, .deb).
+- ``script``    building shell scripts: every value quoted by one function.
 - ``sshconfig`` the ``Host *.vm`` stanza and its Include in ~/.ssh/config.
 - ``kernels`` / ``images`` / ``workspace``   formats and pure logic of each.
 - ``doctor``    read-only host diagnostics.
-- ``testing``   helpers the test suite uses (daemon runner, network namespaces).
+- ``testing``   helpers the test suite uses (daemon runner, network namespaces, leak and program checks).
 """
 
 __version__ = "0.1.0"

@@ -102,7 +102,7 @@ class VMSet(Params):
 
 class VMLogs(Params):
     ref: str
-    offset: int = 0  # byte offset into console.log to read from
+    offset: int = Field(0, ge=0)  # byte offset into console.log to read from, e.g. 4096
     max_bytes: int = Field(1 << 20, ge=1, le=16 << 20)
 
 
@@ -188,7 +188,18 @@ class WorkspaceExportResult(Result):
     changed_paths: list[str]  # every path the patch touches, e.g. ["README.md", "new file.bin"]
     patch_bytes: int  # size of the patch
     patch_b64: str | None = None  # the patch, base64, when it is at most 8 MiB
-    patch_path: str | None = None  # otherwise a file on the daemon's host; the reader removes it
+    export_id: str | None = None  # otherwise read it over the socket with vm.workspace.export.read, e.g. "x-1a2b"
+
+
+class ExportRead(Params):
+    id: str = Field(pattern=r"^x-[0-9a-f]{16}$")  # the export_id of a vm.workspace.export result
+    offset: int = Field(0, ge=0)  # bytes of the patch already read
+
+
+class ExportChunk(Result):
+    data_b64: str  # the next bytes of the patch (at most 4 MiB before base64)
+    offset: int  # where the next read starts
+    eof: bool  # True with the last chunk; the daemon has then removed its copy
 
 
 class OperationStarted(Result):

@@ -2,7 +2,8 @@
 
 Disks are fixed by position: ``/dev/vda`` root (copy-on-write view of the image), ``/dev/vdb`` the work
 disk mounted at ``/root`` by the image's fstab, ``/dev/vdc`` the kernel's module tree (read-only), which
-the initrd mounts at ``/lib/modules/<version>`` so ``modprobe`` works in the guest.
+the initrd mounts at ``/lib/modules/<version>`` so ``modprobe`` works in the guest, and last the per-start
+config disk (read-only, labelled ``banger-config``) named by ``banger.config=``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ _SAFE = re.compile(r"^[A-Za-z0-9_./=:,@+-]+$")
 
 
 def kernel_cmdline(*, name: str, ip: str, gateway: str, cidr: str, dns: str, modules_disk: bool,
-                   init: str | None = None, runtime: str = "qemu", extra: str = "") -> str:
+                   config_disk: str | None = None, init: str | None = None, runtime: str = "qemu",
+                   extra: str = "") -> str:
     """Arguments for a VM named ``name`` at ``ip`` on network ``cidr`` behind ``gateway``."""
     netmask = str(ipaddress.IPv4Network(cidr, strict=False).netmask)
     args = [
@@ -31,6 +33,8 @@ def kernel_cmdline(*, name: str, ip: str, gateway: str, cidr: str, dns: str, mod
     ]
     if modules_disk:
         args.append("banger.modules=/dev/vdc")
+    if config_disk:
+        args.append(f"banger.config={config_disk}")
     if init:
         args.append(f"init={init}")
     if runtime == "firecracker":

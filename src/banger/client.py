@@ -3,21 +3,30 @@
 ``Client.connect(layout)`` finds the daemon, starting ``bangerd`` on first use and replacing one that runs
 a different version (a version handshake through ``daemon.ping``). Calls are synchronous: the CLI has no
 event loop, and a blocking socket keeps a round trip to a few syscalls.
+
+The client trusts only the real daemon: before connecting, the runtime directory holding the socket must
+be a real directory (not a symlink) owned by the caller or root with no group/other permissions, and once
+connected, the process at the other end (SO_PEERCRED) must run as the caller or root. Anything else is
+PermissionDenied, and not a byte of a request is sent.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
+import stat
+import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from banger import __version__, api, rpc
-from banger.errors import DaemonUnavailable, ProtocolError, from_rpc_error
+from banger.errors import DaemonUnavailable, PermissionDenied, ProtocolError, from_rpc_error
 from banger.model import VM, Image, Kernel, Operation
 from banger.paths import Layout
 
@@ -57,15 +66,22 @@ class Client:
 
     @classmethod
     def _try_connect(cls, layout: Layout) -> Client | None:
+        """A connection to the daemon at ``layout.socket``; None when nothing listens there yet."""
+        if not check_runtime_dir(layout.runtime_dir):
+            return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(layout.socket))
+            check_peer(sock, layout.socket)
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             return None
         except OSError as exc:
             sock.close()
             raise DaemonUnavailable(f"cannot connect to {layout.socket}: {exc}") from exc
+        except PermissionDenied:
+            sock.close()
+            raise
         return cls(layout, sock)
 
     @classmethod
@@ -208,6 +224,9 @@ class Client:
     def vm_workspace_export(self, req: api.WorkspaceExport) -> api.WorkspaceExportResult:
         return self._typed(api.WorkspaceExportResult, "vm.workspace.export", req)
 
+    def vm_workspace_export_read(self, export_id: str, offset: int) -> api.ExportChunk:
+        return self._typed(api.ExportChunk, "vm.workspace.export.read", api.ExportRead(id=export_id, offset=offset))
+
     # --- images and kernels -------------------------------------------------------------------------
 
     def image_list(self) -> list[Image]:
@@ -256,6 +275,39 @@ class Client:
     def _started(self, method: str, params: BaseModel) -> Operation:
         """Call a method that starts a daemon operation and return the operation to follow."""
         return self._typed(api.OperationStarted, method, params).operation
+
+
+def check_runtime_dir(path: Path) -> bool:
+    """Whether ``path`` exists (False: no daemon yet); PermissionDenied unless it is a real directory owned
+    by the caller or root that no one else may enter (someone who can write there can stand in a socket)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    fix = f"remove it (`rm -rf {path}`) and run the command again: banger recreates it with mode 0700"
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionDenied(f"banger's runtime directory {path} is a symlink; "
+                               "bangerd's socket must live in a real directory", hint=fix)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionDenied(f"banger's runtime directory {path} is not a directory", hint=fix)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise PermissionDenied(f"banger's runtime directory {path} belongs to uid {st.st_uid}, not to you "
+                               f"(uid {os.geteuid()}) or root; another user may be posing as bangerd",
+                               hint=f"if you did not make it, {fix}; or set XDG_RUNTIME_DIR to a directory of yours")
+    if st.st_mode & 0o077:
+        raise PermissionDenied(f"banger's runtime directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                               "it must be 0700 (only you may enter it)", hint=f"`chmod 700 {path}`, then retry")
+    return True
+
+
+def check_peer(sock: socket.socket, path: Path) -> None:
+    """PermissionDenied unless the process listening on ``sock`` runs as the caller or root."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    if uid not in (os.geteuid(), 0):
+        raise PermissionDenied(f"the process serving {path} (pid {pid}) runs as uid {uid}, not as you "
+                               f"(uid {os.geteuid()}) or root: it is not your bangerd; nothing was sent to it",
+                               hint=f"find out who started pid {pid}; stop it and remove {path}, then retry")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -76,10 +76,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
 
 @pytest.fixture
 def client(sshd: Sshd, tmp_path: Path) -> dict[str, object]:
-    """A fresh banger key (authorized by the sshd) and an empty banger known_hosts."""
+    """A fresh banger key (authorized by the sshd) and a known_hosts with the sshd's key pinned, as the
+    daemon pins a VM's key when it creates the VM."""
     key = ssh.ensure_key(tmp_path / "ssh" / "id_ed25519")
     sshd.authorized_keys.write_text(ssh.public_key_line(key) + "\n")
-    return {"key_path": key, "known_hosts": tmp_path / "ssh" / "known_hosts", "port": sshd.port}
+    known = tmp_path / "ssh" / "known_hosts"
+    ssh.pin_host_key(known, ["127.0.0.1", "dev.vm"], sshd.host_key_line(), sshd.port)
+    return {"key_path": key, "known_hosts": known, "port": sshd.port}
 
 
 def test_ensure_key_creates_private_key_and_pub(tmp_path: Path) -> None:
@@ -109,19 +112,28 @@ async def wait_listening(port: int, timeout: float = 10) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_first_use_pins_then_exec(sshd: Sshd, client: dict) -> None:
+async def test_the_pinned_key_is_accepted_and_nothing_is_added(sshd: Sshd, client: dict) -> None:
     await wait_listening(sshd.port)
+    line = client["known_hosts"].read_text()
+    assert line == f"[127.0.0.1]:{sshd.port},[dev.vm]:{sshd.port} {sshd.host_key_line()}\n"
     conn = await ssh.connect("127.0.0.1", host_aliases=["dev.vm"], timeout=10, **client)
     async with conn:
         result = await ssh.exec(conn, "echo hi; echo oops >&2; exit 7")
     assert (result.exit_status, result.stdout, result.stderr) == (7, b"hi\n", b"oops\n")
-    line = client["known_hosts"].read_text()
-    assert line == f"[127.0.0.1]:{sshd.port},[dev.vm]:{sshd.port} {sshd.host_key_line()}\n"
     assert ssh.is_pinned(client["known_hosts"], "dev.vm", sshd.port)
-    # A second connection finds the pinned key and adds nothing.
-    async with await ssh.connect("127.0.0.1", timeout=10, **client) as conn:
-        assert (await ssh.exec(conn, "true")).exit_status == 0
     assert client["known_hosts"].read_text() == line
+
+
+async def test_an_unpinned_host_is_refused_not_trusted_on_first_use(sshd: Sshd, client: dict) -> None:
+    await wait_listening(sshd.port)
+    client["known_hosts"].unlink()
+    with pytest.raises(GuestError, match="no SSH host key pinned"):
+        await ssh.connect("127.0.0.1", timeout=10, **client)
+    started = time.monotonic()
+    with pytest.raises(GuestError, match="no SSH host key pinned"):  # and waiting does not retry it
+        await ssh.wait_ssh_ready("127.0.0.1", timeout=30, **client)
+    assert time.monotonic() - started < 5
+    assert not client["known_hosts"].exists() or not ssh.is_pinned(client["known_hosts"], "127.0.0.1", sshd.port)
 
 
 async def test_stdin_quoting_and_login_shell(sshd: Sshd, client: dict) -> None:
@@ -149,19 +161,22 @@ async def test_changed_host_key_is_refused(sshd: Sshd, client: dict) -> None:
     with pytest.raises(GuestError, match="may be an attack"):
         await ssh.wait_ssh_ready("127.0.0.1", timeout=30, **client)
     assert time.monotonic() - started < 5
-    # forget_host clears it (by alias too), and the next connection pins the real key.
+    # forget_host clears it (by alias too); only pinning the real key again lets banger in.
     assert ssh.forget_host(client["known_hosts"], "dev.vm", port=sshd.port) == 1
+    with pytest.raises(GuestError, match="no SSH host key pinned"):
+        await ssh.connect("127.0.0.1", timeout=10, **client)
+    ssh.pin_host_key(client["known_hosts"], ["127.0.0.1"], sshd.host_key_line(), sshd.port)
     assert await ssh.wait_ssh_ready("127.0.0.1", timeout=10, **client) < 10
-    assert ssh.pinned_keys(client["known_hosts"], "127.0.0.1", sshd.port) == [sshd.host_key_line()]
 
 
-async def test_pinning_a_new_address_replaces_a_stale_alias(sshd: Sshd, client: dict) -> None:
+async def test_pinning_replaces_every_stale_line_for_the_address_or_name(sshd: Sshd, client: dict) -> None:
     known = client["known_hosts"]
-    known.parent.mkdir(parents=True, exist_ok=True)
-    known.write_text(f"10.0.0.9,[dev.vm]:{sshd.port} ssh-ed25519 AAAAold\n# note\n")
-    await ssh.wait_ssh_ready("127.0.0.1", host_aliases=["dev.vm"], timeout=10, **client)
+    known.write_text(f"10.0.0.9,[dev.vm]:{sshd.port} ssh-ed25519 AAAAold\n# note\n"
+                     f"[127.0.0.1]:{sshd.port} ssh-ed25519 AAAAolder\n")
+    ssh.pin_host_key(known, ["127.0.0.1", "dev.vm"], sshd.host_key_line() + " comment", sshd.port)
     assert known.read_text() == f"# note\n[127.0.0.1]:{sshd.port},[dev.vm]:{sshd.port} {sshd.host_key_line()}\n"
     assert known.stat().st_mode & 0o777 == 0o600
+    await ssh.wait_ssh_ready("127.0.0.1", host_aliases=["dev.vm"], timeout=10, **client)
 
 
 async def test_unauthorized_key_is_a_guest_error(sshd: Sshd, client: dict, tmp_path: Path) -> None:
@@ -185,14 +200,23 @@ async def test_wait_ssh_ready_times_out_on_a_closed_port(client: dict) -> None:
 async def test_ssh_argv_runs_the_system_client(sshd: Sshd, client: dict) -> None:
     known = client["known_hosts"]
     argv = ssh.ssh_argv("127.0.0.1", key_path=client["key_path"], known_hosts=known, port=sshd.port,
-                        command=["printf", "%s,", "a b", "$0"], tty=False,
-                        strict=ssh.is_pinned(known, "127.0.0.1", sshd.port))
-    assert "StrictHostKeyChecking=accept-new" in argv and "IdentitiesOnly=yes" in argv
+                        command=["printf", "%s,", "a b", "$0"], tty=False)
+    assert "StrictHostKeyChecking=yes" in argv and "IdentitiesOnly=yes" in argv
     first = await run(argv)
     assert first.out == "a b,$0,"
-    # accept-new pinned it; strict mode now works against the same file.
-    assert ssh.is_pinned(known, "127.0.0.1", sshd.port)
+    known.write_text("")  # the system ssh refuses an unpinned host too
+    assert (await run(argv, check=False)).returncode == 255
+    ssh.pin_host_key(known, ["127.0.0.1"], sshd.host_key_line(), sshd.port)
     strict = ssh.ssh_argv("127.0.0.1", key_path=client["key_path"], known_hosts=known, port=sshd.port,
                           command=["exit 3"], tty=False)
     assert "StrictHostKeyChecking=yes" in strict
     assert (await run(strict, check=False)).returncode == 3
+
+
+async def test_a_guest_that_floods_its_output_is_cut_off(sshd: Sshd, client: dict) -> None:
+    async with await ssh.connect("127.0.0.1", timeout=10, **client) as conn:
+        started = time.monotonic()
+        with pytest.raises(GuestError, match="printed more than 1 MiB"):
+            await ssh.exec(conn, "yes flood", limit=1 << 20, timeout=30)
+        assert time.monotonic() - started < 15
+        assert (await ssh.exec(conn, "echo still fine")).stdout == b"still fine\n"

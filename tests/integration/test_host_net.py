@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from banger.errors import HostError
 from banger.host import netns
 from banger.host.run import run_sync, spawn_detached
 from banger.testing.netns import NetNS, netns_argv
@@ -213,3 +214,43 @@ def test_local_privileged_drives_the_same_operations(ns: NetNS) -> None:
         """,
     )
     assert result == [BRIDGE, True, ["vm9"], {}, [], "InvalidArgument"]
+
+
+def test_tap_filter_add_replace_remove_and_nat_matches_the_taps_mark(ns: NetNS) -> None:
+    in_ns(ns, "await nat.ensure_table()")
+    listed = in_ns(
+        ns,
+        """
+        from banger.host import tapfilter
+        from banger.host.privileged import local
+        priv = local()
+        for _ in range(2):  # the second replaces, it does not duplicate
+            await priv.add_tap_filter("vm1", "bgt-00000001", "02:00:ac:1e:00:02", "172.30.0.2")
+        await priv.add_vm_nat("vm1", "172.30.0.2", None)
+        result = {"filters": {k: len(v) for k, v in (await tapfilter.list_filters()).items()},
+                  "ids": await priv.tap_filter_vm_ids(), "nat": await priv.nat_vm_ids()}
+        """,
+    )
+    assert listed == {"filters": {"vm1": 6}, "ids": ["vm1"], "nat": ["vm1"]}
+    bridge = ns.run(["nft", "list", "table", "bridge", "banger"]).out
+    for rule in ('iifname "bgt-00000001" ether saddr != 02:00:ac:1e:00:02 drop',
+                 'iifname "bgt-00000001" arp saddr ip != 172.30.0.2 drop',
+                 'iifname "bgt-00000001" ip saddr != 172.30.0.2 drop',
+                 'iifname "bgt-00000001" meta mark set 0xac1e0002'):
+        assert rule in bridge, bridge
+    inet = ns.run(["nft", "list", "table", "inet", "banger"]).out
+    assert "ip saddr 172.30.0.2 meta mark 0xac1e0002 masquerade" in inet, inet
+    left = in_ns(
+        ns,
+        """
+        from banger.host import tapfilter
+        from banger.host.privileged import local
+        for _ in range(2):
+            await local().remove_tap_filter("vm1")
+        result = await tapfilter.list_filters()
+        """,
+    )
+    assert left == {}
+    with pytest.raises(HostError, match="not a valid network interface name"):  # refused before nft sees it
+        in_ns(ns, "from banger.host import tapfilter\nawait tapfilter.add_filter('vm1', 'eth0; x', "
+                  "'02:00:00:00:00:01', '172.30.0.2')")

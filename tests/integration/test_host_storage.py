@@ -172,12 +172,15 @@ async def test_work_disk_smaller_than_seed_is_refused(seed: Path, tmp_path: Path
     assert not dest.exists()
 
 
-async def test_resize_work_disk_grows_and_refuses_shrink(seed: Path, tmp_path: Path) -> None:
+async def test_resize_work_disk_grows_only_the_file_and_refuses_shrink(seed: Path, tmp_path: Path) -> None:
     dest = tmp_path / "work.ext4"
     await storage.make_work_disk(seed, dest, 1 * GiB)
+    before = dest.read_bytes()[:1 << 20]
     await storage.resize_work_disk(dest, 2 * GiB)
+    # The guest wrote this filesystem: the host only enlarges the file; the guest grows it at boot.
     count, size = await block_count(dest)
-    assert count * size == 2 * GiB
+    assert count * size == 1 * GiB and dest.stat().st_size == 2 * GiB
+    assert dest.read_bytes()[:1 << 20] == before, "not one byte of the guest's filesystem was rewritten"
     await storage.resize_work_disk(dest, 2 * GiB)  # same size: no-op
     with pytest.raises(InvalidArgument, match="refusing to shrink"):
         await storage.resize_work_disk(dest, 1 * GiB)

@@ -88,7 +88,8 @@ async def test_units_are_enabled_and_masked(golden_image: Path) -> None:
     assert {"banger-network.service", "ssh.service"} <= wants and "docker.service" not in wants
     assert "docker.socket" in await _names(rootfs, "/etc/systemd/system/sockets.target.wants")
     assert "serial-getty@ttyS0.service" in await _names(rootfs, "/etc/systemd/system/getty.target.wants")
-    assert "banger-hostkeys.service" in await _names(rootfs, "/etc/systemd/system/ssh.service.wants")
+    assert "banger-config.service" in await _names(rootfs, "/etc/systemd/system/multi-user.target.wants")
+    assert await _cat(rootfs, "/usr/local/sbin/banger-config") == (FILES_DIR / "banger-config").read_text()
     masked = await debugfs(rootfs, "stat /etc/systemd/system/systemd-networkd-wait-online.service")
     assert '"/dev/null"' in masked
     script = await _cat(rootfs, "/usr/local/sbin/banger-network")

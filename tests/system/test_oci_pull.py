@@ -184,6 +184,14 @@ def change_layer() -> bytes:
     ])
 
 
+def replaced_target(factory: pytest.TempPathFactory) -> Path:
+    """A host directory (outside any image) with a ``b`` inside, mode 0700, owned by root."""
+    host = factory.getbasetemp() / "replaced-target"
+    (host / "b").mkdir(parents=True, exist_ok=True)
+    os.chmod(host / "b", 0o700)
+    return host
+
+
 @pytest.fixture(scope="module")
 def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Every test image, pushed once: name -> reference."""
@@ -203,6 +211,14 @@ def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
     ]), OCI_LAYER_GZ)])
     lay.tag(hostile, "hostile")
     out["hostile"] = registry.push(lay, "hostile", "test/hostile")
+    # A directory recorded early, then its parent replaced by a symlink to a host directory that has a `b`:
+    # the deferred chmod/chown of a/b must not land on the host's b (it once made it 0777, uid 4242).
+    host = replaced_target(tmp_path_factory)
+    replaced = lay.image([(base_layer(), OCI_LAYER_GZ), (tar_bytes([
+        d("a/"), d("a/b/", 0o777, 4242, 4242), sym("a", str(host)),
+    ]), OCI_LAYER_GZ)])
+    lay.tag(replaced, "replaced")
+    out["replaced"] = registry.push(lay, "replaced", "test/replaced")
     arm = lay.image([(base_layer(), OCI_LAYER_GZ), (tar_bytes([f("etc/arch", b"arm64")]), OCI_LAYER_GZ)], "arm64")
     amd = lay.image([(base_layer(), OCI_LAYER_GZ), (tar_bytes([f("etc/arch", b"amd64")]), OCI_LAYER_GZ)])
     lay.tag(lay.image_index([arm, amd]), "multi")
@@ -275,7 +291,7 @@ async def test_systemd_image_gets_units(pushed: dict[str, str], cache_dir: Path,
     wants = await debugfs(rootfs, "ls /etc/systemd/system/multi-user.target.wants",
                           "ls /etc/systemd/system/ssh.service.wants", "ls /usr/local/sbin")
     assert "banger-network.service" in wants and "ssh.service" in wants
-    assert "banger-hostkeys.service" in wants and "banger-network" in wants
+    assert "banger-config.service" in wants and "banger-network" in wants and "banger-config " in wants
     assert "Fast link dest: \"/lib/systemd/systemd\"" in await stat_of(rootfs, "/usr/sbin/init")
     assert "banger-init" not in await debugfs(rootfs, "ls /usr/sbin")
 
@@ -289,6 +305,15 @@ async def test_hostile_layer_fails_and_leaves_nothing(
     assert "outside the root" in str(err.value)
     assert os.listdir(tmp_path / "images") == []
     assert not Path("/tmp/pwned").exists()
+
+
+async def test_a_layer_cannot_act_through_a_replaced_path(
+    pushed: dict[str, str], cache_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    host = replaced_target(tmp_path_factory)
+    await pull_oci(pushed["replaced"], tmp_path / "r", cache_dir=cache_dir, reporter=RecordingReporter())
+    st = (host / "b").stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o700, 0, 0), "a host directory was changed"
 
 
 async def test_manifest_list_picks_amd64(pushed: dict[str, str], cache_dir: Path, tmp_path: Path) -> None:

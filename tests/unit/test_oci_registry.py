@@ -152,7 +152,7 @@ async def test_tampered_blob_is_rejected_and_not_cached(token_registry: str, tmp
     TokenRegistry.blobs = {digest(good): b"something else entirely"}
     cache = BlobCache(tmp_path)
     async with RegistryClient(parse_reference(f"{token_registry}/team/app:v1"), cache) as client:
-        with pytest.raises(IntegrityError, match="hashes to"):
+        with pytest.raises(IntegrityError, match="hashes to|sent more than the 14 bytes declared"):
             await client.fetch_blob(Descriptor("application/octet-stream", digest(good), len(good)))
         with pytest.raises(NotFound):
             await client.fetch_blob(Descriptor("application/octet-stream", digest(b"absent"), 6))

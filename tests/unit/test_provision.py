@@ -1,4 +1,4 @@
-"""banger.guest.provision: planning file_sync entries, and writing files into real ext4 images with debugfs."""
+"""banger.guest.provision: planning file_sync entries, and the per-start config disk as a real ext4 image."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from banger.config import FileSync
-from banger.errors import HostError, InvalidArgument
+from banger.errors import InvalidArgument
 from banger.guest import provision
 from banger.guest.provision import FileToWrite, GitIdentity
 from banger.host import ext4
@@ -83,12 +83,6 @@ def test_symlink_escaping_home_is_refused(home: Path, tmp_path: Path) -> None:
     assert files[-1].content == b"github.com: {}\n"
 
 
-def test_parse_stat_types() -> None:
-    out = ("debugfs: stat /.ssh\nInode: 12   Type: directory    Mode:  0700\n"
-           "debugfs: stat /.ssh/authorized_keys\ndebugfs: stat /x\nInode: 13   Type: regular    Mode:  0644\n")
-    assert provision.parse_stat_types(out) == {"/.ssh": "directory", "/x": "regular"}
-
-
 async def host_git(home: Path, *args: str) -> None:
     await run(["git", "config", "--global", *args], env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".c")})
 
@@ -99,77 +93,46 @@ async def test_host_git_identity(home: Path) -> None:
     assert await provision.host_git_identity(home) == GitIdentity("Ada Dev", "")
 
 
-# --- real images ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def work_disk(tmp_path: Path) -> Path:
-    """A fresh 64 MiB work disk seeded like the golden image's (a root-owned tree with a .bashrc)."""
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    (seed / ".bashrc").write_text("# bashrc\n")
-    image = tmp_path / "work.ext4"
-    await ext4.make_from_tree(seed, image, 64 << 20)
-    return image
+# --- the config disk, a real ext4 image ------------------------------------------------------------
 
 
 async def read(image: Path, path: str) -> bytes:
     return (await run(["debugfs", "-R", f"cat {path}", image])).stdout
 
 
-async def stat(image: Path, path: str) -> tuple[int, int, int]:
-    """(mode with type bits, uid, gid) of ``path`` in ``image``."""
-    out = await ext4.debugfs(image, f"stat {path}")
-    fields = out.split()
-    mode = int(fields[fields.index("Mode:") + 1], 8)
+async def stat(image: Path, path: str) -> int:
+    """The mode (with type bits) of ``path`` in ``image``."""
+    fields = (await ext4.debugfs(image, f"stat {path}")).split()
     type_bits = {"directory": 0o040000, "regular": 0o100000}[fields[fields.index("Type:") + 1]]
-    return type_bits | mode, int(fields[fields.index("User:") + 1]), int(fields[fields.index("Group:") + 1])
+    return type_bits | int(fields[fields.index("Mode:") + 1], 8)
 
 
-async def assert_clean(image: Path) -> None:
-    done = await run(["e2fsck", "-fn", image], check=False)
-    assert done.returncode == 0, done.out + done.err
-
-
-async def test_write_files_into_a_real_image(home: Path, work_disk: Path) -> None:
+async def test_config_disk_holds_the_files_and_the_host_key(home: Path, tmp_path: Path) -> None:
     os.chmod(home / ".config/gh/hosts.yml", 0o644)
     files, _ = plan(home, FileSync(host="~/.config/gh/hosts.yml", guest=".config/gh/hosts.yml", mode="0640"),
                     identity=GitIdentity("Ada", "ada@example.com"))
-    await provision.write_files(work_disk, files)
-    assert await read(work_disk, "/.ssh/authorized_keys") == (KEY + "\n").encode()
-    assert await stat(work_disk, "/.ssh") == (0o040700, 0, 0)
-    assert await stat(work_disk, "/.ssh/authorized_keys") == (0o100600, 0, 0)
-    assert await stat(work_disk, "/.gitconfig") == (0o100644, 0, 0)
-    assert await stat(work_disk, "/.config") == (0o040700, 0, 0)
-    assert await stat(work_disk, "/.config/gh/hosts.yml") == (0o100640, 0, 0)
-    assert await read(work_disk, "/.config/gh/hosts.yml") == b"github.com: {}\n"
-    assert await read(work_disk, "/.bashrc") == b"# bashrc\n"
-    await assert_clean(work_disk)
+    disk = tmp_path / provision.CONFIG_DISK
+    await provision.build_config_disk(disk, files, (b"PRIVATE\n", b"ssh-ed25519 AAAA host\n"))
+    assert await read(disk, "/root/.ssh/authorized_keys") == (KEY + "\n").encode()
+    assert await stat(disk, "/root/.ssh") == 0o040700
+    assert await stat(disk, "/root/.ssh/authorized_keys") == 0o100600
+    assert await stat(disk, "/root/.gitconfig") == 0o100644
+    assert await stat(disk, "/root/.config/gh/hosts.yml") == 0o100640
+    assert await read(disk, "/root/.config/gh/hosts.yml") == b"github.com: {}\n"
+    assert await read(disk, "/ssh/ssh_host_ed25519_key") == b"PRIVATE\n"
+    assert await stat(disk, "/ssh/ssh_host_ed25519_key") == 0o100600
+    label = (await run(["e2label", disk])).out.strip()
+    assert label == provision.CONFIG_LABEL
+    assert (await run(["e2fsck", "-fn", disk], check=False)).returncode == 0
+    assert os.stat(disk).st_mode & 0o777 == 0o600 and not list(tmp_path.glob(".config-*"))
 
 
-async def test_write_files_is_idempotent_and_overwrites(home: Path, work_disk: Path) -> None:
+async def test_config_disk_is_rebuilt_from_scratch_each_time(home: Path, tmp_path: Path) -> None:
+    disk = tmp_path / provision.CONFIG_DISK
     files, _ = plan(home, FileSync(host="~/.config/gh/hosts.yml", guest=".config/gh/hosts.yml"))
-    await provision.write_files(work_disk, files)
-    # The guest loosened .ssh and left a longer file; the next start puts banger's versions back.
-    await run(["debugfs", "-w", "-R", "sif /.ssh mode 040755", work_disk])
+    await provision.build_config_disk(disk, files, None)
     (home / ".config/gh/hosts.yml").write_text("short\n")
     files, _ = plan(home, FileSync(host="~/.config/gh/hosts.yml", guest=".config/gh/hosts.yml"))
-    await provision.write_files(work_disk, files)
-    await provision.write_files(work_disk, files)
-    assert await read(work_disk, "/.config/gh/hosts.yml") == b"short\n"
-    assert await stat(work_disk, "/.ssh") == (0o040700, 0, 0)
-    listing = await ext4.debugfs(work_disk, "ls /.ssh")
-    assert listing.count("authorized_keys") == 1
-    await assert_clean(work_disk)
-
-
-async def test_write_refuses_a_directory_where_a_file_goes(work_disk: Path) -> None:
-    await run(["debugfs", "-w", "-R", "mkdir /.gitconfig", work_disk])
-    with pytest.raises(HostError, match=r"/root/\.gitconfig .* is a directory"):
-        await provision.write_files(work_disk, [FileToWrite(PurePosixPath(".gitconfig"), b"x")])
-    await assert_clean(work_disk)
-
-
-async def test_write_into_a_missing_image_fails_cleanly(tmp_path: Path) -> None:
-    with pytest.raises(HostError):
-        await provision.write_files(tmp_path / "nope.ext4", [provision.authorized_keys_file(KEY)])
+    await provision.build_config_disk(disk, files, None)
+    assert await read(disk, "/root/.config/gh/hosts.yml") == b"short\n"
+    assert b"ssh_host" not in (await run(["debugfs", "-R", "ls /", disk])).stdout

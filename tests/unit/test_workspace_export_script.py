@@ -64,21 +64,43 @@ def test_bad_base_exits_with_its_own_status(tmp_path: Path) -> None:
     assert proc.returncode == patch.BAD_BASE_STATUS and b"not a commit" in proc.stderr
 
 
-def test_big_patches_go_through_a_file_that_the_cli_streams_and_removes(tmp_path: Path) -> None:
+def test_big_patches_are_read_over_the_socket_and_the_daemons_copy_goes(tmp_path: Path) -> None:
+    import asyncio
     import os
 
     from banger.cli.workspace import write_patch
-    from banger.daemon.workspace_service import _export_result
+    from banger.daemon.workspace_service import WorkspaceService, _export_result
 
     small, big = tmp_path / "small.patch", tmp_path / "big.patch"
     small.write_bytes(b"diff --git a/x b/x\n")
-    big.write_bytes(os.urandom(patch.INLINE_LIMIT + 1))
-    inline = _export_result("HEAD", "a" * 40, ["x"], small)
-    assert inline.patch_b64 and inline.patch_path is None and not small.exists()
-    by_file = _export_result("HEAD", "a" * 40, ["x"], big)
-    assert by_file.patch_b64 is None and by_file.patch_path == str(big)
+    big.write_bytes(os.urandom(2 * patch.CHUNK + patch.INLINE_LIMIT + 1))
     expected = big.read_bytes()
-    write_patch(by_file, str(tmp_path / "out.patch"))
-    assert (tmp_path / "out.patch").read_bytes() == expected and not big.exists()
-    write_patch(inline, str(tmp_path / "small-out.patch"))
+    inline = _export_result("HEAD", "a" * 40, ["x"], small)
+    assert inline.patch_b64 and inline.export_id is None and not small.exists()
+    chunked = _export_result("HEAD", "a" * 40, ["x"], big)
+    assert chunked.patch_b64 is None and chunked.export_id and str(big) not in chunked.model_dump_json()
+    service = WorkspaceService(None, None, None)  # type: ignore[arg-type]  (read_export needs none of them)
+    service._exports[chunked.export_id] = big
+
+    class InProcess:  # the CLI's client, calling the daemon's handler without the socket in between
+        def vm_workspace_export_read(self, export_id: str, offset: int):  # type: ignore[no-untyped-def]
+            return asyncio.run(service.read_export(export_id, offset))
+
+    write_patch(InProcess(), chunked, str(tmp_path / "out.patch"))  # type: ignore[arg-type]
+    assert (tmp_path / "out.patch").read_bytes() == expected
+    assert not big.exists() and chunked.export_id not in service._exports
+    write_patch(InProcess(), inline, str(tmp_path / "small-out.patch"))  # type: ignore[arg-type]
     assert (tmp_path / "small-out.patch").read_bytes() == b"diff --git a/x b/x\n"
+
+
+def test_a_hostile_base_is_quoted_everywhere_it_goes(tmp_path: Path) -> None:
+    """`--base-commit "x'; touch MARKER; echo '"` once ran `touch` through the error message."""
+    work = tmp_path / "work"
+    make_repo(work)
+    marker = tmp_path / "p"
+    base = f"x'; touch {marker}; echo '"
+    for script in (patch.names_script(str(work), base), patch.patch_script(str(work), base)):
+        proc = subprocess.run(["bash", "-c", script], capture_output=True)
+        assert not marker.exists(), "the base ran as shell code"
+        assert proc.returncode == patch.BAD_BASE_STATUS
+        assert proc.stderr.decode() == f"banger: {base} is not a commit in the guest repository\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import _create_options, create_vm, json_option, vm
 from banger.config import parse_size
 from banger.errors import GuestError, InvalidArgument
+from banger.script import fill
 
 
 class DashDash(click.Command):
@@ -41,10 +41,9 @@ def ssh_into(info: VMConnectInfo, command: Sequence[str] | None, *, workdir: str
     remote = None
     if command:
         shell = ssh.shell_command(list(command))
-        remote = [f"cd {shlex.quote(workdir)} && {shell}" if workdir else shell]
+        remote = [f"{fill('cd {} &&', workdir)} {shell}" if workdir else shell]
     argv = ssh.ssh_argv(info.ip, key_path=Path(info.key_path), known_hosts=Path(info.known_hosts),
-                        command=remote, tty=command is None and sys.stdin.isatty(),
-                        strict=ssh.is_pinned(Path(info.known_hosts), info.ip))
+                        command=remote, tty=command is None and sys.stdin.isatty())
     return subprocess.run(argv).returncode
 
 
@@ -76,7 +75,7 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
         ctx.client.vm_workspace_prepare(workspace.prepare_request(None, path, dry_run=True))
     if detach and (remove or command):
         raise InvalidArgument("-d/--detach runs the VM in the background: it takes neither --rm nor a command")
-    render.err.print(_spec_line(ctx, opts), markup=False)
+    render.echo(_spec_line(ctx, opts), stderr=True)
     try:
         v = create_vm(ctx, opts)
     except GuestError as exc:
@@ -86,8 +85,8 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
     if path is not None:
         _prepare_workspace(ctx, v.name, path, remove)
     if detach:
-        render.out.print(v.name, markup=False)
-        render.err.print(f"VM {v.name} is running at {v.ip}: `banger vm ssh {v.name}`", markup=False)
+        render.echo(v.name)
+        render.echo(f"VM {v.name} is running at {v.ip}: `banger vm ssh {v.name}`", stderr=True)
         return
     rc = 255
     try:
@@ -98,8 +97,8 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
         if remove:
             _delete_uninterruptibly(ctx, v.name)
         elif not command:
-            render.err.print(f"VM {v.name} is still running: `banger vm stop {v.name}` stops it, "
-                             f"`banger vm delete {v.name}` removes it", markup=False)
+            render.echo(f"VM {v.name} is still running: `banger vm stop {v.name}` stops it, "
+                        f"`banger vm delete {v.name}` removes it", stderr=True)
     sys.exit(rc)
 
 
@@ -117,10 +116,9 @@ def _shell_in(info: VMConnectInfo) -> int:
     """An interactive login shell in the VM's workspace directory."""
     from banger.guest import ssh
 
-    remote = [f"cd {shlex.quote(info.workdir or '/root')} && exec bash -l"]
+    remote = [fill("cd {} && exec bash -l", info.workdir or "/root")]
     argv = ssh.ssh_argv(info.ip, key_path=Path(info.key_path), known_hosts=Path(info.known_hosts),
-                        command=remote, tty=sys.stdin.isatty(),
-                        strict=ssh.is_pinned(Path(info.known_hosts), info.ip))
+                        command=remote, tty=sys.stdin.isatty())
     return subprocess.run(argv).returncode
 
 
@@ -129,7 +127,7 @@ def _delete_uninterruptibly(ctx: Context, name: str) -> None:
     try:
         results = ctx.client.vm_action("delete", [name])
         if not results[0]["ok"]:
-            render.err.print(f"could not delete VM {name}: {results[0]['error']['message']}", markup=False)
+            render.echo(f"could not delete VM {name}: {results[0]['error']['message']}", stderr=True)
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -170,6 +168,6 @@ def vm_ports(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:
         render.table(["VM", "PROTO", "LISTEN", "PROCESS", "ENDPOINT"], rows, empty="no listening sockets")
     failed = [r for r in results if not r.ok]
     for r in failed:
-        render.err.print(f"{r.ref}: error: {(r.error or {}).get('message')}", markup=False)
+        render.echo(f"{r.ref}: error: {(r.error or {}).get('message')}", stderr=True)
     if failed:
         sys.exit(1)

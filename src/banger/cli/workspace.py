@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from banger import api
 from banger.cli import render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import json_option, vm
+from banger.client import Client
 
 
 @vm.group("workspace")
@@ -31,11 +31,11 @@ def print_prepared(result: api.WorkspacePrepareResult) -> None:
     """One summary line on stderr, plus any notes (tool bootstrap)."""
     ws = result.workspace
     if ws is not None:
-        render.err.print(f"workspace {ws.guest_path} <- {ws.host_path} @ {ws.head_commit[:12]} ({ws.mode}): "
-                         f"{result.file_count} files, {render.size(result.bytes_sent)} sent in "
-                         f"{result.seconds:.1f}s", markup=False)
+        render.echo(f"workspace {ws.guest_path} <- {ws.host_path} @ {ws.head_commit[:12]} ({ws.mode}): "
+                    f"{result.file_count} files, {render.size(result.bytes_sent)} sent in "
+                    f"{result.seconds:.1f}s", stderr=True)
     for note in result.notes:
-        render.err.print(note, markup=False)
+        render.echo(note, stderr=True)
 
 
 @workspace.command("prepare")
@@ -66,10 +66,10 @@ def prepare(ctx: Context, ref: str, path: str, as_json: bool, **opts: object) ->
 
 def _print_dry_run(result: api.WorkspacePrepareResult) -> None:
     for f in result.files:
-        render.out.print(f"{f.size:>12}  {f.path}", markup=False, highlight=False)
-    render.err.print(f"{result.file_count} files, {render.size(result.file_bytes)} from {result.host_root} "
-                     f"@ {(result.head_commit or '')[:12]}, plus about {render.size(result.history_bytes)} "
-                     "of git history (dry run: nothing was sent)", markup=False)
+        render.echo(f"{f.size:>12}  {f.path}", keep="")  # one line per file, whatever its name holds
+    render.echo(f"{result.file_count} files, {render.size(result.file_bytes)} from {result.host_root} "
+                f"@ {(result.head_commit or '')[:12]}, plus about {render.size(result.history_bytes)} "
+                "of git history (dry run: nothing was sent)", stderr=True)
 
 
 @workspace.command("export")
@@ -83,33 +83,36 @@ def export(ctx: Context, ref: str, base_commit: str | None, output: str | None, 
     """Everything changed in VM REF's workspace (commits, edits, new files) as one patch for `git apply`."""
     result = ctx.client.vm_workspace_export(api.WorkspaceExport(ref=ref, base_commit=base_commit))
     if as_json and output is None:
-        render.as_json(result.model_dump(exclude={"patch_path"}) | {"patch_b64": _patch_b64(result)})
+        render.as_json(result.model_dump(exclude={"export_id"}) | {"patch_b64": _patch_b64(ctx.client, result)})
         return
-    write_patch(result, output)
-    render.err.print(f"{len(result.changed_paths)} path(s) changed since {result.base_commit[:12]}, "
-                     f"{render.size(result.patch_bytes)} patch" + (f" written to {output}" if output else ""),
-                     markup=False)
+    write_patch(ctx.client, result, output)
+    render.echo(f"{len(result.changed_paths)} path(s) changed since {result.base_commit[:12]}, "
+                f"{render.size(result.patch_bytes)} patch" + (f" written to {output}" if output else ""),
+                stderr=True)
 
 
-def write_patch(result: api.WorkspaceExportResult, output: str | None) -> None:
-    """Put the patch on stdout or in ``output``; a patch left in a daemon-side file is streamed, then removed."""
+def write_patch(client: Client, result: api.WorkspaceExportResult, output: str | None) -> None:
+    """Put the patch on stdout or in ``output``; a big one is read from the daemon over the socket in chunks."""
     sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
     try:
-        if result.patch_path:
-            with open(result.patch_path, "rb") as src:
-                shutil.copyfileobj(src, sink, 1 << 20)
-            os.unlink(result.patch_path)
-        else:
-            sink.write(base64.b64decode(result.patch_b64 or ""))
+        for chunk in _chunks(client, result):
+            sink.write(chunk)
         sink.flush()
     finally:
         if output:
             sink.close()
 
 
-def _patch_b64(result: api.WorkspaceExportResult) -> str:
-    if result.patch_path is None:
-        return result.patch_b64 or ""
-    data = Path(result.patch_path).read_bytes()
-    os.unlink(result.patch_path)
-    return base64.b64encode(data).decode()
+def _chunks(client: Client, result: api.WorkspaceExportResult) -> Iterator[bytes]:
+    if result.export_id is None:
+        yield base64.b64decode(result.patch_b64 or "")
+        return
+    offset, eof = 0, False
+    while not eof:
+        chunk = client.vm_workspace_export_read(result.export_id, offset)
+        offset, eof = chunk.offset, chunk.eof
+        yield base64.b64decode(chunk.data_b64)
+
+
+def _patch_b64(client: Client, result: api.WorkspaceExportResult) -> str:
+    return base64.b64encode(b"".join(_chunks(client, result))).decode()

@@ -7,7 +7,8 @@ Modules:
                   ``dispatch`` validates params against the METHODS table.
 - ``methods``     the whole RPC surface in one table: name -> (params model, handler).
 - ``server``      Unix-socket JSON-RPC server: SO_PEERCRED owner check, framing, per-request tasks,
-                  cancellation of in-flight requests when the client disconnects.
+                  cancellation of in-flight requests when the client disconnects; bounded (connections,
+                  in-flight requests per connection, unfinished frames time out).
 - ``operations``  long-running, staged, cancellable operations the CLI polls.
 - ``locks``       KeyedLock: named per-key locks.
 - ``kernel_service``  KernelService: ``<state>/kernels`` + kernels table; list/show, pull from the catalog
@@ -18,26 +19,32 @@ Modules:
 - ``vm_service``  VMService: every VM request (create, start/stop/restart/kill/delete, prune, set, logs,
                   stats, connect, ports); owns the per-VM lock and the create lock; fans out multi-VM calls.
 - ``vm_create``   the create pipeline's pure parts and disk steps (spec, row, root + work disk).
-- ``vm_lifecycle``  Lifecycle: provision the work disk, TAP + NAT, VMM launch, SSH readiness, stop, release.
+- ``vm_lifecycle``  Lifecycle: the VM's host key (made and pinned at create), the per-start config disk,
+                  TAP + TAP filter + NAT, VMM launch, SSH readiness, stop, release.
 - ``vm_handles``  ``handles.json`` (running VM's pid, sockets, TAP, NAT) and ``disks.json`` per VM dir.
 - ``reconcile``   at start: re-adopt live VMMs, undo interrupted creates, mark dead VMs, sweep TAPs;
                   while running: the dead-VMM watcher and the stale reaper.
+- ``sweep``       the start-up sweep of what a crashed daemon left: orphaned VMMs, NAT rules and TAP
+                  filters of VMs not running, unused dm/loop devices, staging and scratch directories.
 - ``network``     NetworkService: bridge, warm TAP pool (leaf lock), guest IPs, per-VM NAT.
 - ``runtime``     RuntimeService: auto|firecracker|qemu from the cached KVM boot probe; VMM drivers.
 - ``workspace_service``  WorkspaceService: ``vm.workspace.prepare`` (host repo -> one tar over SSH -> guest
                   git repo whose HEAD is the host's) and ``vm.workspace.export`` (one binary patch via a
-                  throwaway index); owns the per-VM workspace lock and never takes the VM lock.
+                  throwaway index; big ones read back over the socket in chunks); owns the per-VM
+                  workspace lock and never takes the VM lock.
 - ``workspace_stream``  host tar piped into a guest command, guest stdout drained into a host file.
-- ``logs``        JSON-lines logging to ``<state>/bangerd.log``.
-- ``dns``         the ``.vm`` DNS server (UDP+TCP, 127.0.0.1:42069): ``<name>.vm`` A records for running VMs.
+- ``logs``        JSON-lines logging to ``<state>/bangerd.log``, rotated at a size cap; throttled noise.
+- ``dns``         the ``.vm`` DNS server (UDP+TCP, 127.0.0.1:42069): ``<name>.vm`` A records for running VMs;
+                  TCP connections capped.
 
 Services and what they own: KernelService (kernels dir + table, kernel lock), ImageService (images dir +
 table, image lock), VMService (VM rows + dirs, per-VM lock, create lock), NetworkService (bridge, TAP pool,
-NAT rules), RuntimeService (probe lock). Every root-only host change goes through ``host.privileged``.
+NAT rules, TAP filters), RuntimeService (probe lock). Every root-only host change goes through
+``host.privileged``.
 
 Lock ordering (always acquire left to right, never hold a right-hand lock while taking a left-hand one):
 
-    per-VM lock -> workspace lock -> {create lock, image lock, kernel lock} -> leaf locks (store, tap pool)
+    per-VM lock -> workspace lock -> {create lock, image lock, kernel lock} -> leaf locks (bridge, tap pool)
 
 Within the middle tier an image change takes the image lock, then the kernel lock (it may pull its kernel).
 

@@ -138,6 +138,10 @@ async def vm_workspace_export(d: Daemon, p: api.WorkspaceExport) -> api.Workspac
     return await d.workspaces.export(p)
 
 
+async def vm_workspace_export_read(d: Daemon, p: api.ExportRead) -> api.ExportChunk:
+    return await d.workspaces.read_export(p.id, p.offset)
+
+
 async def image_list(d: Daemon, p: api.Empty) -> api.ImageList:
     return api.ImageList(images=d.images.list_images())
 
@@ -220,6 +224,7 @@ METHODS: dict[str, Method] = {
     "vm.ports": Method(api.VMRefs, vm_ports),
     "vm.workspace.prepare": Method(api.WorkspacePrepare, vm_workspace_prepare),
     "vm.workspace.export": Method(api.WorkspaceExport, vm_workspace_export),
+    "vm.workspace.export.read": Method(api.ExportRead, vm_workspace_export_read),
     "image.list": Method(api.Empty, image_list),
     "image.show": Method(api.ImageRef, image_show),
     "image.build": Method(api.ImageBuild, image_build),

@@ -127,3 +127,20 @@ class NetworkService:
 
     async def remove_nat(self, vm_id: str) -> None:
         await self.priv.remove_vm_nat(vm_id)
+
+    # --- TAP filters (no spoofing between guests) ---------------------------------------------------
+
+    async def add_filter(self, vm_id: str, tap: str, mac: str, ip: str) -> None:
+        await self.priv.add_tap_filter(vm_id, tap, mac, ip)
+
+    async def remove_filter(self, vm_id: str) -> None:
+        await self.priv.remove_tap_filter(vm_id)
+
+    async def sweep_rules(self, running: set[str]) -> list[str]:
+        """Remove NAT rules and TAP filters of VMs that are not running (daemon start); their ids."""
+        stale = {v for v in await self.priv.nat_vm_ids() if v not in running}
+        stale |= {v for v in await self.priv.tap_filter_vm_ids() if v not in running}
+        for vm_id in sorted(stale):
+            await self.priv.remove_vm_nat(vm_id)
+            await self.priv.remove_tap_filter(vm_id)
+        return sorted(stale)

@@ -13,6 +13,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+from banger.daemon import sweep
 from banger.daemon.vm_handles import read_handles
 from banger.daemon.vm_service import VMService
 from banger.model import VM, now
@@ -30,6 +31,8 @@ async def adopt_all(vms: VMService) -> None:
             await _adopt(vms, vm)
         except Exception:
             log.exception("could not reconcile VM", extra={"vm": vm.name})
+    await sweep.sweep(vms.layout, vms.network, vms.network.priv,
+                      {vm_id: h.vmm.pid for vm_id, h in vms.lifecycle.running.items()})
     in_use = {h.tap for h in vms.lifecycle.running.values()}
     swept = await vms.network.sweep_taps(in_use)
     if swept:

@@ -24,6 +24,7 @@ from banger.store.repo import Store
 
 log = logging.getLogger("banger.daemon.vm")
 STOP_GRACE = 20.0
+HOST_KEY = "ssh_host_ed25519_key"  # the VM's SSH host key, in its directory (the daemon made it)
 
 
 class Lifecycle:
@@ -50,11 +51,12 @@ class Lifecycle:
         disks = [Disk(root.path, format=root.format), Disk(vm_dir / WORK_DISK)]
         if modules.exists():
             disks.append(Disk(modules, read_only=True))
+        disks.append(Disk(vm_dir / provision.CONFIG_DISK, read_only=True))
         init = (image.manifest.get("extra") or {}).get("cmdline_init")
         cmdline = bootargs.kernel_cmdline(
             name=vm.name, ip=vm.ip or "", gateway=self.config.bridge_ip, cidr=self.config.cidr,
-            dns=self.config.default_dns, modules_disk=modules.exists(), init=init, runtime=vm.runtime or "qemu",
-            extra=self.config.vm_defaults.kernel_args,
+            dns=self.config.default_dns, modules_disk=modules.exists(), config_disk=f"/dev/vd{chr(96 + len(disks))}",
+            init=init, runtime=vm.runtime or "qemu", extra=self.config.vm_defaults.kernel_args,
         )
         initrd = kdir / "initrd.img"
         return LaunchSpec(
@@ -72,6 +74,8 @@ class Lifecycle:
             reporter.stage("network")
             tap = await self.network.acquire_tap()
             undo.push_async_callback(self.network.release_tap, tap)
+            await self.network.add_filter(vm.id, tap, vm.mac or "", vm.ip or "")
+            undo.push_async_callback(self.network.remove_filter, vm.id)
             if vm.spec.nat:
                 await self.network.add_nat(vm.id, vm.ip or "")
                 undo.push_async_callback(self.network.remove_nat, vm.id)
@@ -107,15 +111,23 @@ class Lifecycle:
         return vm
 
     async def provision(self, vm: VM, reporter: Reporter) -> None:
-        """Put banger's SSH key, the host's git identity and ``[[file_sync]]`` files on the work disk."""
-        reporter.stage("provisioning work disk")
+        """Build this start's config disk: banger's SSH key, the host's git identity, ``[[file_sync]]``
+        files and the VM's own SSH host key (the guest copies them into place; see guest.provision)."""
+        reporter.stage("building the config disk")
         files, warnings = provision.plan_files(
             self.config.file_sync, Path.home(), public_key_line=ssh.public_key_line(self.key_path),
             git_identity=await provision.host_git_identity(),
         )
         for warning in warnings:
             reporter.log(f"warning: {warning}")
-        await provision.write_files(Path(vm.vm_dir) / WORK_DISK, files)
+        host_key = ssh.read_host_key(Path(vm.vm_dir) / HOST_KEY) or self.make_host_key(vm)
+        await provision.build_config_disk(Path(vm.vm_dir) / provision.CONFIG_DISK, files, host_key)
+
+    def make_host_key(self, vm: VM) -> tuple[bytes, bytes]:
+        """A new SSH host key for ``vm``, pinned for its address and ``<name>.vm`` before it ever boots."""
+        key = ssh.make_host_key(Path(vm.vm_dir) / HOST_KEY)
+        ssh.pin_host_key(self.known_hosts, [vm.ip or "", f"{vm.name}.vm"], key[1].decode())
+        return key
 
     async def stop(self, vm: VM, *, graceful: bool = True, reason: str | None = None,
                    state: str = "stopped") -> VM:
@@ -136,6 +148,7 @@ class Lifecycle:
         steps = []
         if handles is not None:
             steps.append(self.network.release_tap(handles.tap))
+            steps.append(self.network.remove_filter(vm.id))
             if handles.nat:
                 steps.append(self.network.remove_nat(vm.id))
         for step in steps:

@@ -92,6 +92,7 @@ class VMService:
             undo.push_async_callback(self._discard, vm)
             reporter.stage("preparing disks")
             await make_disks(vm, image)
+            self.lifecycle.make_host_key(vm)  # no trust on first use: pinned before the first boot
             if req.start:
                 try:
                     vm = await self.lifecycle.start(vm, image, kernel, choice.accel, reporter)
@@ -112,6 +113,7 @@ class VMService:
             await self.runtimes.driver(handles.vmm.runtime).kill(handles.vmm)
         await self.lifecycle.release(current, handles)
         await remove_disks(current)
+        ssh.forget_host(self.layout.known_hosts, *(n for n in (current.ip, f"{current.name}.vm") if n))
         self.store.delete_vm(vm.id)
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -146,7 +148,6 @@ class VMService:
         async with self.vm_lock.hold(vm.id):
             vm = self.store.get_vm(vm.id)
             await self._discard(vm)
-            ssh.forget_host(self.layout.known_hosts, *(n for n in (vm.ip, f"{vm.name}.vm") if n))
             log.info("vm deleted", extra={"vm": vm.name, "id": vm.id})
             return vm
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +21,10 @@ import asyncssh
 from banger import api
 from banger.daemon import workspace_stream
 from banger.daemon.locks import KeyedLock
+from banger.daemon.server import requesting_user
 from banger.daemon.vm_service import VMService
-from banger.errors import Conflict, GuestError, InvalidArgument
+from banger.errors import Conflict, GuestError, InvalidArgument, NotFound
 from banger.guest import ssh
-from banger.host.run import run
 from banger.model import VM, Workspace
 from banger.paths import Layout
 from banger.store.repo import Store
@@ -37,6 +39,7 @@ class WorkspaceService:
         self.store = store
         self.vms = vms
         self.workspace_lock = KeyedLock("workspace")
+        self._exports: dict[str, Path] = {}  # export id -> patch waiting to be read (vm.workspace.export.read)
 
     # --- prepare ------------------------------------------------------------------------------------
 
@@ -66,7 +69,7 @@ class WorkspaceService:
             seconds=round(time.monotonic() - started, 3), notes=notes)
 
     async def _checked_repo(self, req: api.WorkspacePrepare) -> tuple[repo.RepoInfo, str]:
-        info = await repo.inspect(Path(req.path))
+        info = await repo.inspect(Path(req.path), as_user=requesting_user())
         if req.mode == "shallow" and info.submodules:
             raise InvalidArgument(
                 f"{info.root} has submodules ({', '.join(info.submodules[:3])}); a shallow workspace cannot "
@@ -79,8 +82,8 @@ class WorkspaceService:
         if req.from_ref and not req.branch:
             raise InvalidArgument("--from REF needs --branch NAME (the guest-only branch to start at REF)")
         if req.branch:
-            await repo.check_branch_name(info.root, req.branch)
-        head = await repo.resolve_commit(info.root, req.from_ref) if req.from_ref else info.head
+            await repo.check_branch_name(info, req.branch)
+        head = await repo.resolve_commit(info, req.from_ref) if req.from_ref else info.head
         return info, head
 
     async def _dry_run(self, info: repo.RepoInfo, head: str, entries: list[repo.Entry],
@@ -88,7 +91,7 @@ class WorkspaceService:
         if mode == "full_copy":
             history = sum(e.size for e in repo.git_dir_entries(info.git_dir))
         else:
-            history = await repo.history_bytes(info.root, head)
+            history = await repo.history_bytes(info, head)
         return api.WorkspacePrepareResult(
             dry_run=True, files=[api.ShippedFile(path=e.path, size=e.size) for e in entries],
             file_count=len(entries), file_bytes=sum(e.size for e in entries), history_bytes=history,
@@ -170,13 +173,35 @@ class WorkspaceService:
             out_dir = Path(vm.vm_dir) / "exports"
             out_dir.mkdir(exist_ok=True)
             dest = out_dir / f"export-{time.time_ns()}.patch"
-            async with await self._connect(vm) as conn:
-                commit, paths = await self._changed(conn, vm, ws.guest_path, base)
-                res = await workspace_stream.drain_to_file(conn, patch.patch_script(ws.guest_path, commit), dest)
+            try:
+                async with await self._connect(vm) as conn:
+                    commit, paths = await self._changed(conn, vm, ws.guest_path, base)
+                    res = await workspace_stream.drain_to_file(conn, patch.patch_script(ws.guest_path, commit),
+                                                               dest, limit=patch.MAX_PATCH)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
         if res.exit_status != 0:
             dest.unlink(missing_ok=True)
             raise GuestError(f"`git diff` in VM {vm.name!r} failed ({res.exit_status}): {_tail(res.stderr)}")
-        return _export_result(base, commit, paths, dest)
+        result = _export_result(base, commit, paths, dest)
+        if result.export_id is not None:
+            self._exports[result.export_id] = dest
+        return result
+
+    async def read_export(self, export_id: str, offset: int) -> api.ExportChunk:
+        """The next chunk of a big export; the daemon's copy goes with the last one (never a path to the CLI)."""
+        path = self._exports.get(export_id)
+        if path is None:
+            raise NotFound(f"no export {export_id!r} in progress", hint="run `banger vm workspace export` again")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(patch.CHUNK)
+            eof = f.tell() >= os.fstat(f.fileno()).st_size
+        if eof:
+            self._exports.pop(export_id, None)
+            path.unlink(missing_ok=True)
+        return api.ExportChunk(data_b64=base64.b64encode(data).decode(), offset=offset + len(data), eof=eof)
 
     async def _changed(self, conn: asyncssh.SSHClientConnection, vm: VM, guest: str,
                        base: str) -> tuple[str, list[str]]:
@@ -191,11 +216,11 @@ class WorkspaceService:
 
 
 def _export_result(base: str, commit: str, paths: list[str], dest: Path) -> api.WorkspaceExportResult:
-    """Small patches travel inline (base64); big ones stay in ``dest`` for the CLI to stream and remove."""
+    """Small patches travel inline (base64); big ones stay in ``dest`` and are read over the socket in chunks."""
     size = dest.stat().st_size
     result = api.WorkspaceExportResult(base_ref=base, base_commit=commit, changed_paths=paths, patch_bytes=size)
     if size > patch.INLINE_LIMIT:
-        result.patch_path = str(dest)
+        result.export_id = f"x-{secrets.token_hex(8)}"
         return result
     result.patch_b64 = base64.b64encode(dest.read_bytes()).decode()
     dest.unlink()
@@ -217,9 +242,9 @@ async def _shallow_git_dir(info: repo.RepoInfo, head: str, branch: str | None, g
     for rel, text in plan.shallow_git_files(head, branch).items():
         (git_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (git_dir / rel).write_text(text)
-    objects = await run(["git", "-C", str(info.root), "rev-list", "--objects", "--no-walk", head])
-    await run(["git", "-C", str(info.root), "pack-objects", "-q", "--window=0",
-               str(git_dir / "objects" / "pack" / "pack")], input=objects.stdout)
+    objects = await repo.git(info, "rev-list", "--objects", "--no-walk", head)
+    await repo.git(info, "pack-objects", "-q", "--window=0", str(git_dir / "objects" / "pack" / "pack"),
+                   input=objects.encode())
 
 
 def _tail(data: bytes) -> str:

@@ -112,14 +112,25 @@ async def _copy(source: asyncio.StreamReader, sink: asyncssh.SSHWriter[bytes], s
     return True
 
 
-async def drain_to_file(conn: asyncssh.SSHClientConnection, command: str, dest: Path) -> ssh.ExecResult:
-    """Run ``command`` in the guest, writing its stdout to ``dest`` as it arrives; stdout in the result is empty."""
+async def drain_to_file(conn: asyncssh.SSHClientConnection, command: str, dest: Path,
+                        limit: int) -> ssh.ExecResult:
+    """Run ``command`` in the guest, writing its stdout to ``dest`` as it arrives; stdout in the result is empty.
+
+    A guest that sends more than ``limit`` bytes is cut off with a GuestError (``dest`` is the caller's).
+    """
     try:
         proc = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
         async with proc:
-            errors = asyncio.ensure_future(proc.stderr.read())
+            errors = asyncio.ensure_future(proc.stderr.read(64 << 10))
+            written = 0
             with open(dest, "wb") as out:
                 while chunk := await proc.stdout.read(CHUNK):
+                    written += len(chunk)
+                    if written > limit:
+                        proc.kill()
+                        raise GuestError(f"the guest's output passed the {limit >> 20} MiB limit",
+                                         hint="commit the work in the guest and push it, or export from a "
+                                              "later --base-commit")
                     out.write(chunk)
             err = await errors
             done = await proc.wait(check=False)

@@ -1,6 +1,6 @@
 """Talking to guests.
 
-- ``ssh``        asyncssh sessions with banger's key, host keys pinned in banger's known_hosts; ``ssh`` argv.
-- ``provision``  files written into a VM's work disk before start (authorized_keys, .gitconfig, file_sync).
+- ``ssh``        asyncssh sessions with banger's key, host keys made and pinned by the daemon; ``ssh`` argv.
+- ``provision``  the per-start config disk: authorized_keys, .gitconfig, file_sync files and the host key.
 - ``ports``      listening sockets in a guest, parsed from ``ss -H -tulpn``.
 """

@@ -1,13 +1,15 @@
-"""Files put into a VM's work disk (``/root`` in the guest) before it starts, offline, with ``debugfs -w``.
+"""What the host hands a VM at every start, on a small read-only config disk it builds fresh.
 
-Each start writes ``/root/.ssh/authorized_keys`` (banger's key), ``/root/.gitconfig`` (the host user's
-git name and email, when set) and every ``[[file_sync]]`` entry of config.toml. Planning
-(:func:`plan_files`) checks and reads the host side; :func:`write_files` writes the plan into the ext4
-image without mounting it, overwriting what a previous start wrote. The image must not be in use.
+Each start delivers ``/root/.ssh/authorized_keys`` (banger's key), ``/root/.gitconfig`` (the host user's
+git name and email, when set), every ``[[file_sync]]`` entry of config.toml and the VM's SSH host key (made
+by the daemon before the first boot and pinned then). Planning (:func:`plan_files`) checks and reads the
+host side; :func:`build_config_disk` makes an ext4 image of it with ``mkfs.ext4 -d`` (no mount), which the
+guest's ``banger-config`` copies into place. The host never writes, or parses, the guest's work disk.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -15,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from banger.config import FileSync
-from banger.errors import HostError, InvalidArgument, ToolMissing
+from banger.errors import InvalidArgument, ToolMissing
+from banger.host import ext4
 from banger.host.run import run
 
 AUTHORIZED_KEYS = PurePosixPath(".ssh/authorized_keys")
 GITCONFIG = PurePosixPath(".gitconfig")
 GUEST_HOME = PurePosixPath("/root")
-# debugfs splits its requests on whitespace and has no reliable quoting: keep guest names plain.
+# Guest names stay plain: they become paths in the guest and arguments of its shell script.
 _SAFE_GUEST = re.compile(r"^[A-Za-z0-9._@+,=~-]+$")
 
 
@@ -154,93 +157,47 @@ async def host_git_identity(home: Path | None = None) -> GitIdentity | None:
     return GitIdentity(*values) if any(values) else None
 
 
-# --- the debugfs writer -------------------------------------------------------------------------------
+# --- the config disk -----------------------------------------------------------------------------
+
+CONFIG_LABEL = "banger-config"
+CONFIG_DISK = "config.ext4"
+CONFIG_MIN_SIZE = 16 << 20
 
 
-def parent_dirs(files: Sequence[FileToWrite]) -> list[PurePosixPath]:
-    """Every directory the files live in, parents first, without duplicates (the root excluded)."""
-    seen: dict[PurePosixPath, None] = {}
+def stage_config_tree(tree: Path, files: Sequence[FileToWrite], host_key: tuple[bytes, bytes] | None) -> None:
+    """Lay out the config disk's tree: ``root/<path>`` for each file, ``ssh/`` for the VM's host key."""
+    root = tree / "root"
+    root.mkdir(parents=True, mode=0o700)
     for f in files:
-        for parent in reversed(f.path.parents[:-1]):
-            seen.setdefault(parent, None)
-    return list(seen)
+        target = root / f.path
+        for parent in reversed(target.relative_to(root).parents[:-1]):
+            (root / parent).mkdir(mode=0o700, exist_ok=True)
+        if f.parent_mode is not None:
+            os.chmod(target.parent, f.parent_mode)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, f.mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(f.content)
+        os.chmod(target, f.mode)
+    if host_key is not None:
+        ssh_dir = tree / "ssh"
+        ssh_dir.mkdir(mode=0o700)
+        private, public = host_key
+        for name, data, mode in (("ssh_host_ed25519_key", private, 0o600), ("ssh_host_ed25519_key.pub", public, 0o644)):
+            (ssh_dir / name).write_bytes(data)
+            os.chmod(ssh_dir / name, mode)
 
 
-def _abs(path: PurePosixPath) -> str:
-    return "/" + str(path)
+async def build_config_disk(dest: Path, files: Sequence[FileToWrite], host_key: tuple[bytes, bytes] | None) -> None:
+    """Build the read-only config disk ``dest`` afresh from host-side bytes (the guest only ever reads it).
 
-
-def parse_stat_types(output: str) -> dict[str, str]:
-    """``{path: "directory" | "regular" | ...}`` from debugfs ``-f`` output of ``stat PATH`` requests.
-
-    debugfs echoes each request as ``debugfs: stat PATH`` on stdout; a path that does not exist has no
-    output of its own (its error goes to stderr).
+    Replaces what the host used to write into the work disk with ``debugfs -w``: the host never opens a
+    disk the guest has written. ``images/files/banger-config`` in the guest copies it into place.
     """
-    types: dict[str, str] = {}
-    current = None
-    for line in output.splitlines():
-        if line.startswith("debugfs: stat "):
-            current = line.removeprefix("debugfs: stat ").strip()
-        elif current and (m := re.search(r"Type: (\S+)", line)):
-            types[current] = m.group(1)
-            current = None
-    return types
-
-
-def write_requests(files: Sequence[FileToWrite], existing: dict[str, str], sources: Sequence[Path]) -> list[str]:
-    """The ``debugfs -w`` requests that write ``files`` (host copies in ``sources``) given ``existing``."""
-    requests: list[str] = []
-    forced = {f.path.parent: f.parent_mode for f in files if f.parent_mode is not None}
-    for d in parent_dirs(files):
-        if d not in forced and _abs(d) in existing:
-            continue
-        if _abs(d) not in existing:
-            requests.append(f"mkdir {_abs(d)}")
-        requests += _owner_mode(_abs(d), 0o040000 | forced.get(d, 0o700), 0, 0)
-    for f, src in zip(files, sources, strict=True):
-        if _abs(f.path) in existing:
-            requests.append(f"rm {_abs(f.path)}")
-        requests.append(f"write {src} {_abs(f.path)}")
-        requests += _owner_mode(_abs(f.path), 0o100000 | f.mode, f.uid, f.gid)
-    return requests
-
-
-def _owner_mode(path: str, mode: int, uid: int, gid: int) -> list[str]:
-    return [f"sif {path} mode 0{mode:o}", f"sif {path} uid {uid}", f"sif {path} gid {gid}"]
-
-
-async def write_files(work_disk: Path, files: Sequence[FileToWrite]) -> None:
-    """Write ``files`` into the ext4 image ``work_disk`` (not mounted, not in use), replacing old copies."""
-    if not files:
-        return
-    existing = await _existing(work_disk, [*parent_dirs(files), *(f.path for f in files)])
-    _check_kinds(work_disk, files, existing)
-    with tempfile.TemporaryDirectory(prefix="banger-provision-") as tmp:
-        sources = []
-        for i, f in enumerate(files):
-            sources.append(Path(tmp) / str(i))
-            sources[-1].write_bytes(f.content)
-        requests = write_requests(files, existing, sources)
-        done = await run(["debugfs", "-w", "-f", "-", work_disk], input="\n".join(requests).encode(),
-                         env={"DEBUGFS_PAGER": "__none__"})
-    errors = [ln for ln in done.err.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
-    if errors:
-        raise HostError(f"writing files into the work disk {work_disk} failed: {'; '.join(errors[:5])}",
-                        hint="the image may be damaged; check it with `e2fsck -fn`")
-
-
-async def _existing(work_disk: Path, paths: Sequence[PurePosixPath]) -> dict[str, str]:
-    requests = "\n".join(f"stat {_abs(p)}" for p in paths)
-    done = await run(["debugfs", "-f", "-", work_disk], input=requests.encode(), env={"DEBUGFS_PAGER": "__none__"})
-    return parse_stat_types(done.out)
-
-
-def _check_kinds(work_disk: Path, files: Sequence[FileToWrite], existing: dict[str, str]) -> None:
-    for d in parent_dirs(files):
-        if existing.get(_abs(d), "directory") != "directory":
-            raise HostError(f"/root{_abs(d)} in the work disk {work_disk} is a {existing[_abs(d)]}, not a directory",
-                            hint="remove it inside the VM, or change the file_sync entry")
-    for f in files:
-        if existing.get(_abs(f.path)) == "directory":
-            raise HostError(f"/root{_abs(f.path)} in the work disk {work_disk} is a directory; cannot write a file "
-                            "there", hint="remove it inside the VM, or change the file_sync entry")
+    with tempfile.TemporaryDirectory(prefix=".config-", dir=dest.parent) as tmp:
+        tree = Path(tmp) / "tree"
+        stage_config_tree(tree, files, host_key)
+        size = max(ext4.size_for_tree(tree, minimum=CONFIG_MIN_SIZE), CONFIG_MIN_SIZE)
+        staged = Path(tmp) / CONFIG_DISK
+        await ext4.make_from_tree(tree, staged, size, label=CONFIG_LABEL)
+        os.chmod(staged, 0o600)
+        os.replace(staged, dest)

@@ -2,9 +2,11 @@
 
 - ``run``          the only subprocess spawner (run / run_sync / start / spawn_detached).
 - ``http``         downloads: streamed to a staging file, sha256-checked, renamed into place when whole.
-- ``ext4``         ext4 images via e2fsprogs: mkfs.ext4 -d (no mount), debugfs, e2fsck, grow.
+- ``ext4``         ext4 images via e2fsprogs: mkfs.ext4 -d (no mount), debugfs, e2fsck -fn checks, grow
+                   (only of filesystems banger built itself: never of a disk a guest wrote).
 - ``net``          bridge and TAP links over netlink (pyroute2), idempotent.
 - ``nat``          outbound NAT for guests in one nftables table (``inet banger``) + ip_forward.
+- ``tapfilter``    each TAP passes only its VM's MAC and IPv4 address (``bridge banger``), and marks it for NAT.
 - ``netns``        named network namespaces (``ip netns``): add, delete, pids, exec argv.
 - ``loopdev``      loop devices (losetup): attach ro/rw, detach, find, list banger's.
 - ``dm``           device-mapper snapshots (dmsetup) for ``banger-*`` devices, availability check.

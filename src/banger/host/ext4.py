@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from banger.errors import HostError
+from banger.errors import HostError, IntegrityError
 from banger.host.run import run
 
 MIN_SIZE = 64 << 20
@@ -56,6 +56,25 @@ async def debugfs(image: Path, *requests: str) -> str:
     """Run read-only debugfs requests (``stat /etc/passwd``, ``ls -l /root``) and return the output."""
     result = await run(["debugfs", "-f", "-", image], input="\n".join(requests).encode())
     return result.out
+
+
+async def verify_clean(image: Path, what: str) -> None:
+    """IntegrityError unless ``e2fsck -fn`` (read-only, changes nothing) finds ``image`` consistent.
+
+    Images that arrive as bytes (bundles, registered rootfs files) are checked before they are accepted:
+    a filesystem with duplicate or '/'-bearing directory entries, or any other damage, is refused.
+    """
+    result = await run(["e2fsck", "-f", "-n", image], check=False, timeout=600)
+    if result.returncode != 0:
+        problems = [ln.strip() for ln in result.out.splitlines()
+                    if ln.strip() and not ln.startswith(("Pass ", "e2fsck ")) and "WARNING" not in ln
+                    and not ln.strip().endswith(("? no", "non-contiguous)"))]
+        found = "; ".join(problems[:3])
+        raise IntegrityError(
+            f"{what} is not a clean ext4 filesystem (e2fsck -fn exited {result.returncode}: "
+            f"{found or result.err.strip()[-200:] or 'no details'})",
+            hint="the image is damaged or crafted; nothing was imported. Rebuild or re-export it",
+        )
 
 
 async def check(image: Path) -> None:

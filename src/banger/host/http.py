@@ -13,6 +13,7 @@ from banger.progress import NullReporter, Reporter
 
 CHUNK = 1 << 20
 TIMEOUT = httpx.Timeout(30.0, read=120.0)
+MAX_DOWNLOAD = 32 << 30  # no download banger makes (kernels, bundles, tools) comes near this
 
 
 def client(**kwargs: object) -> httpx.AsyncClient:
@@ -49,8 +50,12 @@ async def download(
     size: int | None = None,
     http: httpx.AsyncClient | None = None,
     reporter: Reporter | None = None,
+    max_bytes: int = MAX_DOWNLOAD,
 ) -> str:
-    """Stream ``url`` to ``dest`` and return its sha256; on a mismatch or error nothing is left at ``dest``."""
+    """Stream ``url`` to ``dest`` and return its sha256; on a mismatch or error nothing is left at ``dest``.
+
+    The download stops at ``size`` when it is known, else at ``max_bytes``.
+    """
     reporter = reporter or NullReporter()
     own = http is None
     http = http or client()
@@ -61,12 +66,16 @@ async def download(
             if resp.status_code != 200:
                 raise FetchError(f"GET {url} answered HTTP {resp.status_code}", hint="check the URL and mirror")
             total = size or int(resp.headers.get("content-length") or 0) or None
+            limit = size if size is not None else max_bytes
             done = 0
             with open(part, "wb") as out:
                 async for chunk in resp.aiter_bytes(CHUNK):
+                    done += len(chunk)
+                    if done > limit:  # stop at the declared size: a server may not fill the disk
+                        raise IntegrityError(f"GET {url} sent more than the {limit} bytes expected",
+                                             hint="the server is broken or hostile; nothing was kept")
                     out.write(chunk)
                     digest.update(chunk)
-                    done += len(chunk)
                     reporter.progress(done, total)
         got = digest.hexdigest()
         if sha256 and got != sha256.lower():

@@ -45,13 +45,13 @@ class NatRule:
     expr: list[Any]
 
 
-def _check_vm_id(vm_id: str) -> str:
+def check_vm_id(vm_id: str) -> str:
     if not VM_ID_RE.match(vm_id):
         raise InvalidArgument(f"{vm_id!r} cannot tag an nft rule", hint="use letters, digits, '-', '_'")
     return vm_id
 
 
-def _check_ipv4(guest_ip: str) -> str:
+def check_ipv4(guest_ip: str) -> str:
     try:
         return str(ipaddress.IPv4Address(guest_ip))
     except ValueError as exc:
@@ -69,22 +69,33 @@ def table_script() -> str:
     )
 
 
-def vm_rules_script(vm_id: str, guest_ip: str, out_iface: str | None) -> str:
-    """The nft commands adding the rules of one VM (pure; inputs validated)."""
-    tag = f'comment "{COMMENT_PREFIX}{_check_vm_id(vm_id)}"'
-    ip = _check_ipv4(guest_ip)
+def vm_rules_script(vm_id: str, guest_ip: str, out_iface: str | None, mark: int | None = None) -> str:
+    """The nft commands adding the rules of one VM (pure; inputs validated).
+
+    ``mark`` is the packet mark the VM's TAP filter sets on everything from that TAP (host.tapfilter):
+    matching it as well as the address means only the VM's own TAP gets its NAT.
+    """
+    tag = f'comment "{COMMENT_PREFIX}{check_vm_id(vm_id)}"'
+    ip = check_ipv4(guest_ip)
     oif = f'oifname "{check_ifname(out_iface)}" ' if out_iface else ""
+    own = f"meta mark {_check_mark(mark)} " if mark is not None else ""
     base = f"add rule {FAMILY} {TABLE}"
     return (
-        f"{base} forward ip saddr {ip} {oif}accept {tag}\n"
+        f"{base} forward ip saddr {ip} {own}{oif}accept {tag}\n"
         f"{base} forward ip daddr {ip} ct state established,related accept {tag}\n"
-        f"{base} postrouting ip saddr {ip} {oif}masquerade {tag}\n"
+        f"{base} postrouting ip saddr {ip} {own}{oif}masquerade {tag}\n"
     )
 
 
-def delete_script(rules: list[NatRule]) -> str:
-    """The nft commands deleting ``rules`` by handle (pure)."""
-    return "".join(f"delete rule {FAMILY} {TABLE} {r.chain} handle {r.handle}\n" for r in rules)
+def _check_mark(mark: int) -> str:
+    if not isinstance(mark, int) or not 0 < mark < 1 << 32:
+        raise InvalidArgument(f"{mark!r} is not a packet mark (1 .. 2^32-1)")
+    return f"0x{mark:08x}"
+
+
+def delete_script(rules: list[NatRule], family: str = FAMILY, table: str = TABLE) -> str:
+    """The nft commands deleting ``rules`` of ``family table`` by handle (pure)."""
+    return "".join(f"delete rule {family} {table} {r.chain} handle {r.handle}\n" for r in rules)
 
 
 def parse_rules(listing: dict[str, Any]) -> dict[str, list[NatRule]]:
@@ -98,6 +109,11 @@ def parse_rules(listing: dict[str, Any]) -> dict[str, list[NatRule]]:
         nat_rule = NatRule(rule["chain"], int(rule["handle"]), comment, rule.get("expr", []))
         out.setdefault(comment[len(COMMENT_PREFIX) :], []).append(nat_rule)
     return out
+
+
+async def apply(script: str) -> None:
+    """Run an nft script atomically (``nft -f -``); HostError saying what banger needs when refused."""
+    await _nft(script)
 
 
 async def _nft(script: str) -> None:
@@ -130,12 +146,12 @@ async def list_vm_nat() -> dict[str, list[NatRule]]:
     return parse_rules(json.loads(result.out))
 
 
-async def add_vm_nat(vm_id: str, guest_ip: str, out_iface: str | None = None) -> None:
+async def add_vm_nat(vm_id: str, guest_ip: str, out_iface: str | None = None, mark: int | None = None) -> None:
     """Give ``guest_ip`` outbound NAT (via ``out_iface`` or any link), replacing earlier rules of ``vm_id``.
 
     Old rules are deleted and new ones added in one nft transaction, so a failure changes nothing.
     """
-    script = vm_rules_script(vm_id, guest_ip, out_iface)
+    script = vm_rules_script(vm_id, guest_ip, out_iface, mark)
     await ensure_table()
     old = (await list_vm_nat()).get(vm_id, [])
     await _nft(delete_script(old) + script)
@@ -143,7 +159,7 @@ async def add_vm_nat(vm_id: str, guest_ip: str, out_iface: str | None = None) ->
 
 async def remove_vm_nat(vm_id: str) -> None:
     """Delete every rule tagged ``banger:<vm_id>``; nothing happens if there are none."""
-    _check_vm_id(vm_id)
+    check_vm_id(vm_id)
     rules = (await list_vm_nat()).get(vm_id, [])
     if rules:
         await _nft(delete_script(rules))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from banger.host import dm, loopdev, nat, net, resolved
+from banger.host import dm, loopdev, nat, net, resolved, tapfilter
 
 
 class Privileged(Protocol):
@@ -26,10 +26,16 @@ class Privileged(Protocol):
     async def ensure_nat(self) -> None: ...
     async def add_vm_nat(self, vm_id: str, guest_ip: str, out_iface: str | None) -> None: ...
     async def remove_vm_nat(self, vm_id: str) -> None: ...
+    async def nat_vm_ids(self) -> list[str]: ...
+    async def add_tap_filter(self, vm_id: str, tap: str, mac: str, guest_ip: str) -> None: ...
+    async def remove_tap_filter(self, vm_id: str) -> None: ...
+    async def tap_filter_vm_ids(self) -> list[str]: ...
     async def attach_loop(self, path: Path, read_only: bool) -> str: ...
     async def detach_loop(self, device: str) -> None: ...
     async def dm_create_snapshot(self, name: str, origin: str, cow: str, sectors: int) -> Path: ...
     async def dm_remove(self, name: str) -> None: ...
+    async def dm_names(self) -> list[str]: ...
+    async def loops_under(self, directory: Path) -> list[str]: ...
     async def set_resolved_link_dns(self, link: str, server: str, domain: str) -> None: ...
     async def revert_resolved_link(self, link: str) -> None: ...
 
@@ -55,11 +61,26 @@ class LocalPrivileged:
         await nat.ensure_table()
 
     async def add_vm_nat(self, vm_id: str, guest_ip: str, out_iface: str | None) -> None:
+        """NAT for ``guest_ip``, only for packets its own TAP marked (see host.tapfilter)."""
         await self.ensure_nat()
-        await nat.add_vm_nat(vm_id, guest_ip, out_iface)
+        await nat.add_vm_nat(vm_id, guest_ip, out_iface, tapfilter.mark_for(guest_ip))
 
     async def remove_vm_nat(self, vm_id: str) -> None:
         await nat.remove_vm_nat(vm_id)
+
+    async def nat_vm_ids(self) -> list[str]:
+        """VM ids that have NAT rules (the start-up sweep removes those of VMs not running)."""
+        return sorted(await nat.list_vm_nat())
+
+    async def add_tap_filter(self, vm_id: str, tap: str, mac: str, guest_ip: str) -> None:
+        """Let ``tap`` pass only frames from ``mac`` and ``guest_ip``."""
+        await tapfilter.add_filter(vm_id, tap, mac, guest_ip)
+
+    async def remove_tap_filter(self, vm_id: str) -> None:
+        await tapfilter.remove_filter(vm_id)
+
+    async def tap_filter_vm_ids(self) -> list[str]:
+        return sorted(await tapfilter.list_filters())
 
     async def attach_loop(self, path: Path, read_only: bool) -> str:
         return await loopdev.attach(path, read_only=read_only)
@@ -72,6 +93,14 @@ class LocalPrivileged:
 
     async def dm_remove(self, name: str) -> None:
         await dm.remove(name)
+
+    async def dm_names(self) -> list[str]:
+        """banger's device-mapper devices (``banger-*``)."""
+        return await dm.list_names()
+
+    async def loops_under(self, directory: Path) -> list[str]:
+        """Loop devices whose backing file lies under ``directory``."""
+        return [d.device for d in await loopdev.list_under(directory)]
 
     async def set_resolved_link_dns(self, link: str, server: str, domain: str) -> None:
         """Route ``*.<domain>`` lookups to ``server`` (``ADDR[:PORT]``) for ``link`` through systemd-resolved."""

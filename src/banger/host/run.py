@@ -82,16 +82,16 @@ def require(tool: str) -> str:
     if not path:
         hint = INSTALL_HINTS.get(os.path.basename(tool), f"install {tool} and make sure it is on PATH")
         raise ToolMissing(f"required host program {tool!r} was not found", hint=hint)
-    _record(path)
     return path
 
 
-def _record(path: str) -> None:
-    """Append ``path`` to ``$BANGER_TOOL_LOG`` (test runs check that setup.sh installs every program used)."""
+def _record(argv: Sequence[str]) -> None:
+    """Append the resolved program and its arguments to ``$BANGER_TOOL_LOG``: test runs check that setup.sh
+    installs every program used, and that the host never ran a program on a guest's disk."""
     log = tool_log()
     if log is not None:
         with open(log, "a") as f:
-            f.write(path + "\n")
+            f.write(f"{argv[0]}\t{shlex.join(argv)}".replace("\n", " ") + "\n")
 
 
 def _describe(argv: Sequence[str]) -> str:
@@ -114,10 +114,16 @@ async def run(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     stdout: int | None = subprocess.PIPE,
+    as_user: tuple[int, int] | None = None,
 ) -> Completed:
-    """Run ``argv`` to completion; raise HostError on a non-zero exit when ``check``."""
+    """Run ``argv`` to completion; raise HostError on a non-zero exit when ``check``.
+
+    ``as_user`` = (uid, gid) runs it as that user with no supplementary groups (the daemon must be root).
+    """
     args = [str(a) for a in argv]
     args[0] = require(args[0])
+    _record(args)
+    identity = {} if as_user is None else {"user": as_user[0], "group": as_user[1], "extra_groups": []}
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,
@@ -126,6 +132,7 @@ async def run(
             stderr=subprocess.PIPE,
             env=None if env is None else {**os.environ, **env},
             cwd=cwd,
+            **identity,  # type: ignore[arg-type]
         )
     except OSError as exc:
         raise HostError(f"could not start `{_describe(args)}`: {exc}") from exc
@@ -158,6 +165,7 @@ def run_sync(
     """Blocking twin of :func:`run`, for the CLI and doctor, which have no event loop."""
     args = [str(a) for a in argv]
     args[0] = require(args[0])
+    _record(args)
     try:
         cp = subprocess.run(
             args,
@@ -192,6 +200,7 @@ async def start(
     """Start a long-lived child (a VMM, a server) that the caller must stop."""
     args = [str(a) for a in argv]
     args[0] = require(args[0])
+    _record(args)
     try:
         return await asyncio.create_subprocess_exec(
             *args,

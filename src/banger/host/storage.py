@@ -240,7 +240,11 @@ async def _grow_fresh(image: Path, current: int, size: int) -> None:
 
 
 async def resize_work_disk(path: Path, new_size: int) -> None:
-    """Grow work disk ``path`` (file and filesystem) to ``new_size`` bytes; shrinking is refused."""
+    """Grow work disk file ``path`` to ``new_size`` bytes; shrinking is refused.
+
+    Only the file grows: the guest wrote this filesystem, so the host never runs e2fsck or resize2fs on it;
+    the guest grows it online at its next boot (``banger-config``).
+    """
     current = _file_size(path, "work disk")
     if new_size < current:
         raise InvalidArgument(
@@ -248,4 +252,4 @@ async def resize_work_disk(path: Path, new_size: int) -> None:
             hint="work disks can only grow; choose a size of at least the current one",
         )
     if new_size > current:
-        await ext4.grow(path, new_size)
+        os.truncate(path, new_size)

@@ -1,6 +1,8 @@
 """Image bundles: one ``.tar.zst`` holding ``manifest.json`` + ``rootfs.ext4``, for moving images between hosts.
 
-A bundle has no work seed: import rebuilds it from the rootfs (see :mod:`banger.images.seed`). Every
+A bundle has no work seed, and nothing of its rootfs is unpacked on the host: the rootfs must pass
+``e2fsck -fn`` and gets an empty seed, which the guest fills from its image at first boot (see
+:mod:`banger.images.seed`). Every
 import is checked three times: the bundle's sha256 (``--sha256`` or the catalog entry; required for
 URLs), zstd's frame checksum, and the manifest's ``rootfs_sha256`` against the bytes unpacked. Only the
 two expected regular-file members are accepted. The import is staged beside ``dest``, so any failure
@@ -22,6 +24,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from banger.errors import IntegrityError, InvalidArgument, NotFound
+from banger.host.ext4 import verify_clean
 from banger.host.http import download, sha256_file
 from banger.images.catalog import CatalogEntry, load_catalog
 from banger.images.local import staging
@@ -34,7 +37,7 @@ from banger.images.manifest import (
     utc_now,
     write_manifest,
 )
-from banger.images.seed import extract_work_seed
+from banger.images.seed import empty_seed
 from banger.names import validate_name
 from banger.progress import NullReporter, Reporter
 
@@ -43,6 +46,7 @@ CHUNK = 1 << 20
 BLOCK = 64 << 10
 ZERO_BLOCK = bytes(BLOCK)
 MAX_MANIFEST = 16 << 20
+MAX_ROOTFS = 64 << 30  # the largest rootfs a bundle may unpack to (apparent size; it is sparse)
 MEMBERS = (MANIFEST, ROOTFS)
 ZSTD_LEVEL = 3
 
@@ -174,6 +178,9 @@ def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, seen: set[str]) -> IO[b
         )
     if info.name == MANIFEST and info.size > MAX_MANIFEST:
         raise IntegrityError(f"bundle's {MANIFEST} is implausibly large ({info.size} bytes)")
+    if info.size > MAX_ROOTFS:  # decompression stops at a stated limit, whatever the archive claims
+        raise IntegrityError(f"bundle's {info.name} would unpack to {info.size} bytes, over the "
+                             f"{MAX_ROOTFS >> 30} GiB limit for a root filesystem")
     seen.add(info.name)
     src = tar.extractfile(info)
     assert src is not None
@@ -234,8 +241,9 @@ async def import_bundle(
         manifest = await _unpack_checked(bundle, stage)
         if bundle.parent == stage:
             bundle.unlink()
-        reporter.stage("building work seed from the rootfs")
-        seed_size = await extract_work_seed(stage / ROOTFS, stage / WORK_SEED)
+        reporter.stage("checking the rootfs (e2fsck -fn)")
+        await verify_clean(stage / ROOTFS, f"the rootfs in bundle {bundle.name}")
+        seed_size = await empty_seed(stage / WORK_SEED)  # the guest fills /root from its image at first boot
         extra = {**manifest.extra, "bundle_name": manifest.name, "bundle_created_at": manifest.created_at}
         extra["imported_from"] = src.url or str(src.path)
         manifest = manifest.model_copy(

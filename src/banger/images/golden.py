@@ -6,7 +6,8 @@ Recipe (bump :data:`RECIPE_VERSION` whenever the steps below change, so caches r
    and translations excluded);
 2. the static files of ``images/files`` placed per :data:`PLACEMENT` (sshd drop-in, fstab, the network
    and host-key units, mise activation); units enabled and masked with ``systemctl --root``;
-3. per-VM identity removed: ssh host keys (regenerated at first boot), ``/etc/hostname`` (the kernel's
+3. per-VM identity removed: ssh host keys (each VM's comes from the daemon on its config disk),
+   ``/etc/hostname`` (the kernel's
    ``systemd.hostname=`` names the VM), ``/etc/resolv.conf`` (written from ``banger.dns=``),
    ``/etc/machine-id`` left empty;
 4. mise installed from the npm registry's pinned, sha256-checked tarball;
@@ -36,11 +37,11 @@ from banger.host.http import download, sha256_file
 from banger.host.run import run
 from banger.images.local import copy_sparse, staging
 from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, read_manifest, utc_now, write_manifest
-from banger.images.seed import SEED_COPY, make_seed_image
+from banger.images.seed import SEED_COPY, make_seed_image, mark_seeded
 from banger.names import validate_name
 from banger.progress import Reporter
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SUITE = "bookworm"
 KERNEL_REF = "debian-6.1"
 MMDEBSTRAP_TIMEOUT = 1200.0
@@ -82,14 +83,15 @@ PLACEMENT: dict[str, tuple[str, int]] = {
     "fstab": ("etc/fstab", 0o644),
     "banger-network": ("usr/local/sbin/banger-network", 0o755),
     "banger-network.service": ("etc/systemd/system/banger-network.service", 0o644),
-    "banger-hostkeys.service": ("etc/systemd/system/banger-hostkeys.service", 0o644),
+    "banger-config": ("usr/local/sbin/banger-config", 0o755),
+    "banger-config.service": ("etc/systemd/system/banger-config.service", 0o644),
     "banger-mise.sh": ("etc/profile.d/banger-mise.sh", 0o644),
 }
 
 # Docker is socket-activated: dockerd and containerd start on the first `docker` command instead of
 # at every boot, which under emulation costs tens of seconds nobody asked for.
 ENABLE = (
-    "banger-network.service", "banger-hostkeys.service", "ssh.service",
+    "banger-network.service", "banger-config.service", "ssh.service",
     "serial-getty@ttyS0.service", "docker.socket",
 )  # fmt: skip
 # Units that would fight banger-network, wait for a network manager that is not there, or spend a
@@ -195,6 +197,7 @@ def split_root(tree: Path, seed: Path) -> None:
     """Move the tree's /root into ``seed`` (kept as a copy under /usr/share/banger); leave /root empty."""
     root = tree / "root"
     shutil.move(root, seed)
+    mark_seeded(seed)
     root.mkdir(mode=0o700)
     os.chmod(root, 0o700)
     (tree / "lib/modules").mkdir(parents=True, exist_ok=True)

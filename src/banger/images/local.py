@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from banger.errors import AlreadyExists, InvalidArgument, NotFound
+from banger.host.ext4 import verify_clean
 from banger.host.http import sha256_file
 from banger.host.run import run
 from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, read_manifest, write_manifest
-from banger.images.seed import extract_work_seed
+from banger.images.seed import empty_seed
 from banger.names import validate_name
 
 KERNEL = "vmlinux"
@@ -106,7 +107,8 @@ async def register(
 ) -> ImageManifest:
     """Add an existing ext4 ``rootfs`` as image ``name``, with a catalog kernel or its own kernel+initrd.
 
-    The work seed is made from the rootfs's ``/root`` (see :mod:`banger.images.seed`).
+    The rootfs must pass ``e2fsck -fn``; its work seed is empty and filled by the guest from the image's own
+    ``/root`` at first boot (see :mod:`banger.images.seed`): nothing of it is unpacked on the host.
     """
     dest = image_dir(images_dir, name)
     _check_register_args(rootfs, kernel_ref, kernel, initrd)
@@ -115,7 +117,8 @@ async def register(
         if kernel and initrd:
             await copy_sparse(kernel, tmp / KERNEL)
             await copy_sparse(initrd, tmp / INITRD)
-        seed_size = await extract_work_seed(tmp / ROOTFS, tmp / WORK_SEED)
+        await verify_clean(tmp / ROOTFS, f"rootfs {rootfs}")
+        seed_size = await empty_seed(tmp / WORK_SEED)  # the guest fills /root from its image at first boot
         manifest = ImageManifest(
             name=name,
             distro="unknown",

@@ -1,7 +1,7 @@
 """Boot glue for a flattened container tree, so it boots with banger's kernel + initrd and serves SSH.
 
 Decision: images with systemd (``/lib/systemd/systemd``) get the same units as banger's golden image
-(``banger-network``, ``banger-hostkeys``, sshd drop-in) enabled by symlink. Images without systemd (typical
+(``banger-network``, ``banger-config``, sshd drop-in) enabled by symlink. Images without systemd (typical
 containers) get ``/sbin/banger-init``, a small ``/bin/sh`` PID 1 that mounts the work disk, re-applies the
 network and starts sshd if present; it becomes ``init=`` (``extra["cmdline_init"]``, and ``/sbin/init``
 when the image has none). An image with neither systemd nor ``/bin/sh`` is refused. Every path is
@@ -124,6 +124,7 @@ def install_glue(tree: Path, reporter: Reporter) -> BootPlan:
         os.chmod(inside(tree, name), mode)
     put(tree, "etc/fstab", glue_file("fstab"))
     put(tree, "usr/local/sbin/banger-network", glue_file("banger-network"), 0o755)
+    put(tree, "usr/local/sbin/banger-config", glue_file("banger-config"), 0o755)
     _install_sshd(tree, plan, reporter)
     if plan.systemd:
         _install_units(tree)
@@ -142,18 +143,19 @@ def _install_sshd(tree: Path, plan: BootPlan, reporter: Reporter) -> None:
         return
     put(tree, "etc/ssh/sshd_config.d/banger.conf", glue_file("sshd-banger.conf"))
     ssh_dir = inside(tree, "etc/ssh")
-    # Host keys baked into the image would be shared by every VM; each VM makes its own at first boot.
+    # Host keys baked into the image would be shared by every VM; each VM's comes from the daemon.
     for key in ssh_dir.glob("ssh_host_*"):
         key.unlink()
         reporter.log(f"removed baked-in SSH host key /etc/ssh/{key.name}")
 
 
 def _install_units(tree: Path) -> None:
-    for unit in ("banger-network.service", "banger-hostkeys.service"):
+    for unit in ("banger-network.service", "banger-config.service"):
         put(tree, f"{UNITS}/{unit}", glue_file(unit))
     link(tree, f"{UNITS}/multi-user.target.wants/banger-network.service", "../banger-network.service")
     link(tree, f"{UNITS}/network-online.target.wants/banger-network.service", "../banger-network.service")
-    link(tree, f"{UNITS}/ssh.service.wants/banger-hostkeys.service", "../banger-hostkeys.service")
+    link(tree, f"{UNITS}/multi-user.target.wants/banger-config.service", "../banger-config.service")
+    link(tree, f"{UNITS}/ssh.service.wants/banger-config.service", "../banger-config.service")
     for rel in ("lib/systemd/system/ssh.service", "usr/lib/systemd/system/ssh.service"):
         if exists(tree, rel):
             link(tree, f"{UNITS}/multi-user.target.wants/ssh.service", "/" + rel)

@@ -28,7 +28,7 @@ from banger.archive import remove as _remove
 from banger.errors import HostError, IntegrityError
 from banger.progress import NullReporter, Reporter
 
-__all__ = ["Escape", "LayerApplier", "apply_layer", "entry_name", "flatten", "open_layer", "resolve_in_root"]
+__all__ = ["Budget", "Escape", "LayerApplier", "apply_layer", "entry_name", "flatten", "open_layer", "resolve_in_root"]
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -58,6 +58,26 @@ def open_layer(path: Path) -> Iterator[tarfile.TarFile]:
                 from exc
 
 
+MAX_TREE_BYTES = 64 << 30  # what all layers of one image may unpack to, together
+MAX_TREE_ENTRIES = 2_000_000
+
+
+@dataclass
+class Budget:
+    """What the layers of one image may still unpack (decompression stops at a stated limit)."""
+
+    bytes_left: int = MAX_TREE_BYTES
+    entries_left: int = MAX_TREE_ENTRIES
+
+    def spend(self, member: tarfile.TarInfo, layer: str) -> None:
+        self.entries_left -= 1
+        self.bytes_left -= max(member.size, 0) if member.isreg() else 0
+        if self.bytes_left < 0 or self.entries_left < 0:
+            raise IntegrityError(
+                f"the image unpacks to more than {MAX_TREE_BYTES >> 30} GiB or {MAX_TREE_ENTRIES} entries "
+                f"(reached in layer {layer})", hint="banger refuses images this large; nothing was kept")
+
+
 @dataclass
 class LayerApplier:
     """Applies one layer's entries onto ``root``; tracks what this layer created (whiteouts spare those)."""
@@ -69,6 +89,7 @@ class LayerApplier:
     created: set[str] = field(default_factory=set)
     ancestors: set[str] = field(default_factory=set)  # every parent dir of a path in ``created``
     dirs: list[tuple[str, tarfile.TarInfo]] = field(default_factory=list)  # (name in the tree, member)
+    budget: Budget = field(default_factory=Budget)
 
     def fail(self, name: str, why: str) -> IntegrityError:
         return IntegrityError(
@@ -79,6 +100,7 @@ class LayerApplier:
     def apply(self, tar: tarfile.TarFile) -> None:
         """Apply every entry of ``tar``, then set directory modes and times."""
         for member in tar:
+            self.budget.spend(member, self.layer)
             try:
                 name = entry_name(member)
             except ValueError:
@@ -215,9 +237,14 @@ class LayerApplier:
                 self._prune(cpath, crel)
 
 
-def apply_layer(root: Path, blob: Path, *, layer: str = "", reporter: Reporter | None = None) -> None:
-    """Apply one layer blob (gzip, zstd or plain tar) onto ``root``; blocking, run it in a thread."""
-    applier = LayerApplier(root, layer or blob.name, reporter or NullReporter(), chown=os.geteuid() == 0)
+def apply_layer(root: Path, blob: Path, *, layer: str = "", reporter: Reporter | None = None,
+                budget: Budget | None = None) -> None:
+    """Apply one layer blob (gzip, zstd or plain tar) onto ``root``; blocking, run it in a thread.
+
+    ``budget`` is shared by all layers of an image (see :class:`Budget`).
+    """
+    applier = LayerApplier(root, layer or blob.name, reporter or NullReporter(), chown=os.geteuid() == 0,
+                           budget=budget or Budget())
     with open_layer(blob) as tar:
         applier.apply(tar)
 
@@ -227,5 +254,6 @@ def flatten(root: Path, blobs: list[Path], *, reporter: Reporter | None = None) 
     root.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 and reporter is not None:
         reporter.log("not running as root: file owners from the image are not kept (all files owned by you)")
+    budget = Budget()
     for blob in blobs:
-        apply_layer(root, blob, reporter=reporter)
+        apply_layer(root, blob, reporter=reporter, budget=budget)

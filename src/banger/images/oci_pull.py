@@ -20,8 +20,9 @@ from banger.host.ext4 import make_from_tree, size_for_tree
 from banger.host.http import sha256_file
 from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, write_manifest
 from banger.images.oci_boot import BootPlan, exists, inside, install_glue
-from banger.images.oci_layers import apply_layer
+from banger.images.oci_layers import Budget, apply_layer
 from banger.images.oci_registry import BlobCache, ImageManifestRef, RegistryClient, parse_reference
+from banger.images.seed import mark_seeded
 from banger.progress import Reporter
 from banger.threads import in_thread
 
@@ -113,8 +114,9 @@ async def build(
     tree.mkdir(mode=0o755)
     out.mkdir()
     reporter.stage(f"unpacking {len(layers)} layers")
+    budget = Budget()
     for i, (desc, blob) in enumerate(zip(image.layers, layers, strict=True)):
-        await in_thread(partial(apply_layer, tree, blob, layer=desc.digest, reporter=reporter))
+        await in_thread(partial(apply_layer, tree, blob, layer=desc.digest, reporter=reporter, budget=budget))
         reporter.progress(i + 1, len(layers))
     reporter.stage("adding banger boot glue")
     plan = await in_thread(install_glue, tree, reporter)
@@ -144,6 +146,7 @@ def _split_work_seed(tree: Path, seed: Path) -> None:
     else:
         root.unlink(missing_ok=True)
         seed.mkdir(mode=0o700)
+    mark_seeded(seed)
     root.mkdir(mode=0o700)
     if os.geteuid() == 0:
         os.lchown(root, 0, 0)

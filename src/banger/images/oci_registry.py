@@ -40,6 +40,7 @@ REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 MAX_MANIFEST = 4 << 20
+MAX_BLOB = 32 << 30  # a blob whose descriptor gives no size may not be bigger than this
 
 
 @dataclass(frozen=True)
@@ -295,9 +296,12 @@ class RegistryClient:
         async with self._stream(url, {}) as resp:
             with open(part, "wb") as out:  # noqa: ASYNC230 - local disk writes of 1 MiB chunks
                 async for chunk in resp.aiter_bytes(CHUNK):
+                    done += len(chunk)
+                    if done > (total or MAX_BLOB):  # a registry may not send more than it declared
+                        raise IntegrityError(f"GET {url} sent more than the {total or MAX_BLOB} bytes declared",
+                                             hint="the registry is broken or hostile; nothing was cached")
                     out.write(chunk)
                     digest.update(chunk)
-                    done += len(chunk)
                     reporter.progress(done, total or None)
         return "sha256:" + digest.hexdigest(), done
 

@@ -1,10 +1,12 @@
 """The work seed: the small ext4 image that fills a new VM's work disk (mounted at ``/root``).
 
-Golden builds make it from the tree's ``/root`` and also keep a copy of that tree at
-``/usr/share/banger/work-seed`` inside the rootfs, whose own ``/root`` stays empty (it is only a
-mountpoint). Images that arrive without a seed (bundles, registered rootfs files) get one rebuilt
-from their rootfs with ``debugfs rdump``, no mount needed: the copy under ``/usr/share/banger`` when
-present, else whatever the rootfs has in ``/root``, else an empty home.
+Golden builds and OCI pulls make it from the tree's ``/root`` (which banger itself unpacked) and mark it
+with ``.banger-seeded``; golden builds also keep a copy of that tree at ``/usr/share/banger/work-seed``
+inside the rootfs, whose own ``/root`` stays empty (it is only a mountpoint). Images that arrive as bytes
+banger did not unpack (bundles, registered rootfs files) get an empty, unmarked seed: nothing of such an
+image is unpacked on the host, where a tool could be made to follow a crafted symlink or trust a crafted
+name. The guest fills the work disk from its own image at first boot instead (``banger-config``: the copy
+under ``/usr/share/banger`` when present, else the image's ``/root``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from banger.host.ext4 import make_from_tree, size_for_tree
 from banger.host.run import run
 
 SEED_COPY = "/usr/share/banger/work-seed"
-SEED_SOURCES = (SEED_COPY, "/root")
+SEEDED_MARK = ".banger-seeded"  # images/files/banger-config fills an unmarked work disk from the image
 LABEL = "banger-work"
 MIN_SIZE = 512 << 20
 
@@ -36,30 +38,16 @@ async def make_seed_image(tree: Path, image: Path) -> int:
     return size
 
 
-async def rdump(rootfs: Path, path: str, into: Path) -> Path | None:
-    """Copy directory ``path`` out of ``rootfs`` into ``into`` (owners and modes kept); None if absent."""
-    await run(["debugfs", "-R", f"rdump {path} {into}", rootfs])
-    got = into / Path(path).name
-    return got if got.is_dir() else None
-
-
-async def extract_work_seed(rootfs: Path, image: Path) -> int:
-    """Build the work seed ``image`` from what ``rootfs`` holds for ``/root``; return the seed's size."""
+async def empty_seed(image: Path) -> int:
+    """An empty, unmarked work seed (the guest fills it from its image at first boot); returns its size."""
     scratch = image.parent / f".seed-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(mode=0o700)
     try:
-        tree = await _first_seed_tree(rootfs, scratch)
-        return await make_seed_image(tree, image)
+        return await make_seed_image(scratch, image)
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
 
 
-async def _first_seed_tree(rootfs: Path, scratch: Path) -> Path:
-    for index, source in enumerate(SEED_SOURCES):
-        into = scratch / str(index)
-        into.mkdir(parents=True)
-        tree = await rdump(rootfs, source, into)
-        if tree is not None and any(tree.iterdir()):
-            return tree
-    empty = scratch / "empty"
-    empty.mkdir()
-    return empty
+def mark_seeded(tree: Path) -> None:
+    """Mark a seed tree banger unpacked itself: the guest then leaves the work disk's contents as they are."""
+    (tree / SEEDED_MARK).write_bytes(b"")

@@ -69,9 +69,14 @@ def begin() -> str:
 
 
 def tool_log(run_id: str) -> list[str]:
-    """Every distinct program path the run resolved through banger's spawner."""
+    """Every distinct program path the run started through banger's spawner."""
+    return sorted({line.split("\t", 1)[0] for line in command_log(run_id) if line})
+
+
+def command_log(run_id: str) -> list[str]:
+    """Every command the run's banger processes started, as ``program<TAB>shell-quoted argv`` lines."""
     try:
-        return sorted(set(run_dir(run_id).joinpath("tools.log").read_text().split()))
+        return run_dir(run_id).joinpath("tools.log").read_text().splitlines()
     except FileNotFoundError:
         return []
 

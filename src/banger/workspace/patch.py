@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import shlex
+from banger.errors import InvalidArgument
+from banger.script import Script
 
+MAX_PATCH = 256 << 20  # an export bigger than this is refused: commit and push from the guest instead
+CHUNK = 4 << 20  # bytes per vm.workspace.export.read (base64 keeps a reply well under the 16 MiB frame)
 INLINE_LIMIT = 8 << 20  # patches up to this size travel inline: base64 grows them 4/3 and frames max 16 MiB
 BAD_BASE_STATUS = 18  # the export script's exit status when the base does not name a commit
 
 
-def _prologue(guest: str, base: str) -> list[str]:
+def _prologue(guest: str, base: str) -> Script:
     # The real index is copied (not just read-tree'd) so `git add -A` reuses its stat cache instead of
     # hashing every file again; the guest's own .git/index and work tree are never written.
-    q = shlex.quote(guest)
-    return [
-        "set -eu",
-        f"cd {q}",
-        f"base=$(git rev-parse --verify -q {shlex.quote(base + '^{commit}')}) || "
-        f"{{ echo 'banger: {base} is not a commit in the guest repository' >&2; exit {BAD_BASE_STATUS}; }}",
-        'GIT_INDEX_FILE=$(mktemp "${TMPDIR:-/tmp}/banger-export.XXXXXX")',
-        "export GIT_INDEX_FILE",
-        "trap 'rm -f \"$GIT_INDEX_FILE\"' EXIT",
-        'if [ -f .git/index ]; then cat .git/index >"$GIT_INDEX_FILE"; else rm -f "$GIT_INDEX_FILE"; '
-        "git read-tree HEAD; fi",
-        "git add -A",
-    ]
+    if not guest.startswith("/"):
+        raise InvalidArgument(f"guest directory {guest!r} must be an absolute path")
+    if base.startswith("-"):  # git rev-parse would read it as an option
+        raise InvalidArgument(f"--base-commit {base!r} must name a commit, not start with '-'")
+    s = Script().cmd("cd", guest)
+    s.line("if ! base=$(git rev-parse --verify -q {}); then", base + "^{commit}")
+    s.say(f"banger: {base} is not a commit in the guest repository")
+    s.line("exit {}", BAD_BASE_STATUS).raw("fi")
+    s.raw('GIT_INDEX_FILE=$(mktemp "${TMPDIR:-/tmp}/banger-export.XXXXXX")')
+    s.raw("export GIT_INDEX_FILE")
+    s.raw("trap 'rm -f \"$GIT_INDEX_FILE\"' EXIT")
+    s.raw('if [ -f .git/index ]; then cat .git/index >"$GIT_INDEX_FILE"; else rm -f "$GIT_INDEX_FILE"; '
+          "git read-tree HEAD; fi")
+    return s.raw("git add -A")
 
 
 DIFF = "git -c core.quotepath=off diff --cached --no-renames --no-ext-diff --no-textconv --no-color"
@@ -31,12 +35,12 @@ DIFF = "git -c core.quotepath=off diff --cached --no-renames --no-ext-diff --no-
 
 def names_script(guest: str, base: str) -> str:
     """Guest shell printing the resolved base, a NUL, then the changed paths NUL-separated."""
-    return "\n".join([*_prologue(guest, base), 'printf "%s\\0" "$base"', f'{DIFF} --name-only -z "$base"']) + "\n"
+    return _prologue(guest, base).raw('printf "%s\\0" "$base"').raw(DIFF + ' --name-only -z "$base"').render()
 
 
 def patch_script(guest: str, base: str) -> str:
     """Guest shell printing the binary-safe patch of work tree + commits against ``base``."""
-    return "\n".join([*_prologue(guest, base), f'{DIFF} --binary --full-index "$base"']) + "\n"
+    return _prologue(guest, base).raw(DIFF + ' --binary --full-index "$base"').render()
 
 
 def parse_names(out: bytes) -> tuple[str, list[str]]:

@@ -1,8 +1,17 @@
-"""Inspecting a host repository with git (through banger.host.run): root, HEAD, branch, identity, files."""
+"""Inspecting a host repository with git (through banger.host.run): root, HEAD, branch, identity, files.
+
+The repository is the user's, and so is its configuration: host git must run nothing it names. Every
+git command here goes through :func:`git_argv`/:data:`GIT_ENV`: no system config, fsmonitor off, hooks
+pointed at /dev/null, no ssh command, pager, credential helper or external diff, every filter, diff and
+merge driver the repository configures neutralised, and optionally as the uid that asked
+(``RepoInfo.as_user``) rather than as the daemon's.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +32,8 @@ class RepoInfo:
     branch: str | None  # None when HEAD is detached
     identity: dict[str, str] = field(default_factory=dict)  # {"user.name": ..., "user.email": ...}
     submodules: tuple[str, ...] = ()  # gitlink paths
+    drivers: tuple[str, ...] = ()  # filter/diff/merge driver keys the repo configures, blanked on every call
+    as_user: tuple[int, int] | None = None  # (uid, gid) git runs as, when not the daemon's own
 
 
 @dataclass(frozen=True)
@@ -33,33 +44,68 @@ class Entry:
     size: int
 
 
-async def git(root: Path, *args: str, check: bool = True, input: bytes | None = None) -> str:
+# What a repository's config could make host git run, switched off on every command line (which wins).
+SAFE_CONFIG = (
+    "core.fsmonitor=false", "core.hooksPath=/dev/null", "core.sshCommand=false", "core.pager=cat",
+    "core.askPass=false", "core.gitProxy=", "core.editor=false", "credential.helper=", "diff.external=",
+    "protocol.allow=never", "uploadpack.packObjectsHook=", "sequence.editor=false",
+)  # fmt: skip
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "false",
+    "GIT_SSH_COMMAND": "false", "GIT_PAGER": "cat", "GIT_OPTIONAL_LOCKS": "0", "GIT_NO_REPLACE_OBJECTS": "1",
+    "GIT_PROTOCOL_FROM_USER": "0",
+}  # fmt: skip
+_DRIVER_KEYS = re.compile(r"^(filter|diff|merge)\.[^\0]+\.(clean|smudge|process|command|textconv|driver|required)$")
+
+
+def git_argv(root: Path, *args: str, drivers: tuple[str, ...] = ()) -> list[str]:
+    """The hardened ``git -C root ARGS`` command line (``drivers``: config keys to blank, see below)."""
+    blanked = (f"{k}=false" if k.endswith(".required") else f"{k}=" for k in drivers)
+    overrides = [item for c in (*SAFE_CONFIG, *blanked) for item in ("-c", c)]
+    return ["git", *overrides, "-C", str(root), *args]
+
+
+async def configured_drivers(root: Path, as_user: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The filter/diff/merge driver commands the repository's config names (to be blanked on each call)."""
+    done = await run([*git_argv(root, "config", "--null", "--name-only", "--get-regexp",
+                                r"^(filter|diff|merge)\."), ], check=False, env=GIT_ENV, as_user=as_user)
+    return tuple(sorted({k for k in done.out.split("\0") if _DRIVER_KEYS.match(k)}))
+
+
+async def git(info: RepoInfo | Path, *args: str, check: bool = True, input: bytes | None = None) -> str:
     """``git -C root ARGS`` stdout as text (HostError with git's stderr on failure when ``check``)."""
-    done = await run(["git", "-C", str(root), *args], check=check, input=input)
+    root, drivers, as_user = (info.root, info.drivers, info.as_user) if isinstance(info, RepoInfo) else \
+        (info, (), None)
+    done = await run(git_argv(root, *args, drivers=drivers), check=check, input=input, env=GIT_ENV,
+                     as_user=as_user)
     return done.out if done.returncode == 0 else ""
 
 
-async def inspect(path: Path) -> RepoInfo:
+async def inspect(path: Path, *, as_user: tuple[int, int] | None = None) -> RepoInfo:
     """The repository holding ``path``; InvalidArgument for anything prepare cannot ship."""
     path = _existing_dir(path)
-    probe = await run(["git", "-C", str(path), "rev-parse", "--is-bare-repository"], check=False)
+    probe = await run(git_argv(path, "rev-parse", "--is-bare-repository"), check=False, env=GIT_ENV,
+                      as_user=as_user)
     if probe.returncode != 0:
         raise InvalidArgument(f"{path} is not inside a git repository",
                               hint="`git init` it and commit, or pass the path of a repository")
     if probe.out.strip() == "true":
         raise InvalidArgument(f"{path} is a bare repository: it has no work tree to ship",
                               hint="clone it (`git clone BARE DIR`) and prepare the clone")
-    where = (await git(path, "rev-parse", "--show-toplevel", "--absolute-git-dir", check=False)).splitlines()
+    where = (await run(git_argv(path, "rev-parse", "--show-toplevel", "--absolute-git-dir"), check=False,
+                       env=GIT_ENV, as_user=as_user)).out.splitlines()
     if len(where) < 2:
         raise InvalidArgument(f"{path} is inside a git directory, not a work tree",
                               hint="pass the work tree's path")
     root, git_dir = Path(where[0]), Path(where[1])
-    head = (await git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)).strip()
+    base = RepoInfo(root, git_dir, "", None, drivers=await configured_drivers(root, as_user), as_user=as_user)
+    head = (await git(base, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)).strip()
     if not head:
         raise InvalidArgument(f"the repository {root} has no commits yet",
                               hint="commit something first (`git commit --allow-empty -m init` will do)")
-    branch = (await git(root, "symbolic-ref", "-q", "--short", "HEAD", check=False)).strip() or None
-    return RepoInfo(root, git_dir, head, branch, await _identity(root), await _submodules(root))
+    branch = (await git(base, "symbolic-ref", "-q", "--short", "HEAD", check=False)).strip() or None
+    return dataclasses.replace(base, head=head, branch=branch, identity=await _identity(base),
+                               submodules=await _submodules(base))
 
 
 def _existing_dir(path: Path) -> Path:
@@ -70,7 +116,7 @@ def _existing_dir(path: Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-async def _identity(root: Path) -> dict[str, str]:
+async def _identity(root: RepoInfo) -> dict[str, str]:
     found = {}
     for key in ("user.name", "user.email"):
         value = (await git(root, "config", "--get", key, check=False)).strip()
@@ -79,24 +125,25 @@ async def _identity(root: Path) -> dict[str, str]:
     return found
 
 
-async def _submodules(root: Path) -> tuple[str, ...]:
+async def _submodules(root: RepoInfo) -> tuple[str, ...]:
     staged = await git(root, "ls-files", "-z", "--stage")
     return tuple(rec.split("\t", 1)[1] for rec in staged.split("\0") if rec.startswith(GITLINK + " "))
 
 
-async def resolve_commit(root: Path, ref: str) -> str:
-    """The 40-hex commit ``ref`` names in the repository at ``root``; InvalidArgument when none."""
+async def resolve_commit(info: RepoInfo, ref: str) -> str:
+    """The 40-hex commit ``ref`` names in the repository; InvalidArgument when none."""
     if ref.startswith("-"):
         raise InvalidArgument(f"{ref!r} is not a git revision")
-    sha = (await git(root, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)).strip()
+    sha = (await git(info, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)).strip()
     if not sha:
-        raise InvalidArgument(f"{ref!r} does not name a commit in {root}", hint="check `git log` for the ref")
+        raise InvalidArgument(f"{ref!r} does not name a commit in {info.root}", hint="check `git log` for the ref")
     return sha
 
 
-async def check_branch_name(root: Path, name: str) -> None:
+async def check_branch_name(info: RepoInfo, name: str) -> None:
     """InvalidArgument unless ``name`` is a valid new branch name."""
-    done = await run(["git", "-C", str(root), "check-ref-format", "--branch", name], check=False)
+    done = await run(git_argv(info.root, "check-ref-format", "--branch", name), check=False, env=GIT_ENV,
+                     as_user=info.as_user)
     if done.returncode != 0 or name.startswith("-"):
         raise InvalidArgument(f"{name!r} is not a valid git branch name")
 
@@ -104,9 +151,9 @@ async def check_branch_name(root: Path, name: str) -> None:
 async def work_tree_entries(info: RepoInfo, *, include_untracked: bool, recurse_submodules: bool) -> list[Entry]:
     """Tracked files that exist in the work tree (plus untracked, non-ignored ones), with sizes."""
     tracked_args = ["ls-files", "-z", "--cached"] + (["--recurse-submodules"] if recurse_submodules else [])
-    names = _split(await git(info.root, *tracked_args))
+    names = _split(await git(info, *tracked_args))
     if include_untracked:
-        names += _split(await git(info.root, "ls-files", "-z", "--others", "--exclude-standard"))
+        names += _split(await git(info, "ls-files", "-z", "--others", "--exclude-standard"))
     submodules = set(info.submodules)
     if recurse_submodules:  # a submodule's `.git` file points into the shipped .git/modules
         names += [f"{s}/.git" for s in submodules if os.path.lexists(info.root / s / ".git")]
@@ -126,7 +173,7 @@ def git_dir_entries(git_dir: Path) -> list[Entry]:
     return out
 
 
-async def history_bytes(root: Path, commit: str) -> int:
+async def history_bytes(root: RepoInfo, commit: str) -> int:
     """On-disk size of the objects of ``commit`` alone (commit, trees, blobs): a shallow ship's estimate."""
     try:
         return int((await git(root, "rev-list", "--objects", "--no-walk", "--disk-usage", commit)).strip() or 0)

@@ -1,0 +1,125 @@
+"""The start-up sweep: whatever an earlier daemon left when it died mid-way is found and removed.
+
+Run once by ``reconcile.adopt_all`` after running VMs are re-adopted, before the daemon serves anyone:
+
+- VMM processes whose command line names a path under ``<state>/vms`` but that no adopted VM owns (one
+  spawned just before a crash, before its ``handles.json`` was written) are killed;
+- NAT rules and TAP filters of VMs that are not running are deleted;
+- banger's device-mapper devices and loop devices backed by files under the state dir that no VM's
+  ``disks.json`` names are removed;
+- staging, trash and scratch directories of interrupted image, kernel, VM and workspace operations
+  (hidden ``.``-entries of the image and kernel stores, ``workspace-*``, ``.config-*`` and unread
+  ``exports`` in VM dirs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from banger.daemon.network import NetworkService
+from banger.daemon.vm_handles import read_root_disk
+from banger.host.privileged import Privileged
+from banger.paths import Layout
+
+log = logging.getLogger("banger.daemon.sweep")
+
+
+VMM_PROGRAMS = (b"qemu-system-", b"firecracker", b"jailer")
+
+
+def orphan_vmms(vms_dir: Path, adopted: set[int]) -> list[int]:
+    """Pids of VMM processes whose command line names a path in ``vms_dir`` and that no VM owns.
+
+    Only VMM programs count (a person's ``less .../console.log`` is left alone); the state dir in the
+    command line ties a VMM to this daemon and no other.
+    """
+    marker = os.fsencode(str(vms_dir)) + b"/"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in adopted:
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if os.path.basename(argv[0]).startswith(VMM_PROGRAMS) and any(marker in a for a in argv):
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def kill_orphans(vms_dir: Path, adopted: set[int]) -> list[int]:
+    pids = orphan_vmms(vms_dir, adopted)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def scratch_dirs(layout: Layout) -> list[Path]:
+    """Leftovers of interrupted operations (no operation runs while the daemon starts)."""
+    found = []
+    for store in (layout.images_dir, layout.kernels_dir):
+        if store.is_dir():
+            found += [p for p in store.iterdir() if p.name.startswith(".")]
+    if layout.vms_dir.is_dir():
+        for vm_dir in layout.vms_dir.iterdir():
+            if vm_dir.is_dir():
+                found += [p for p in vm_dir.iterdir() if p.name.startswith(("workspace-", ".config-", "exports"))]
+    return sorted(found)
+
+
+def remove_scratch(layout: Layout) -> list[Path]:
+    found = scratch_dirs(layout)
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+async def release_devices(layout: Layout, priv: Privileged) -> list[str]:
+    """Remove dm devices and detach loops that no VM's disks.json names; what was released."""
+    keep_dm: set[str] = set()
+    keep_loops: set[str] = set()
+    if layout.vms_dir.is_dir():
+        for vm_dir in layout.vms_dir.iterdir():
+            root = read_root_disk(vm_dir)
+            if root is not None:
+                keep_dm |= {root.dm_name} if root.dm_name else set()
+                keep_loops |= set(root.loops)
+    released = []
+    for name in await priv.dm_names():
+        if name not in keep_dm:
+            await priv.dm_remove(name)
+            released.append(name)
+    for device in await priv.loops_under(layout.state_dir):
+        if device not in keep_loops:
+            await priv.detach_loop(device)
+            released.append(device)
+    return released
+
+
+async def sweep(layout: Layout, network: NetworkService, priv: Privileged, running: dict[str, int]) -> None:
+    """Everything above; ``running`` maps the ids of re-adopted VMs to their VMM pids. Never raises."""
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("killed orphaned VMM processes", lambda: kill_orphans(layout.vms_dir, set(running.values()))),
+        ("removed rules of VMs not running", lambda: network.sweep_rules(set(running))),
+        ("released devices no VM uses", lambda: release_devices(layout, priv)),
+        ("removed scratch directories", lambda: remove_scratch(layout)),
+    ]
+    for what, step in steps:
+        try:
+            done = step()
+            if inspect.isawaitable(done):
+                done = await done
+        except Exception:
+            log.exception("start-up sweep step failed", extra={"step": what})
+            continue
+        if done:
+            log.info(what, extra={"items": [str(d) for d in done]})  # type: ignore[attr-defined]
