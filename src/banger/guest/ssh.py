@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import os
 import re
-import shlex
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import asyncssh
 
+from banger import script
 from banger.errors import GuestError, InvalidArgument, OperationTimeout
 from banger.files import write_atomic
 
@@ -254,7 +254,7 @@ def _describe(exc: BaseException) -> str:
 
 def login_command(command: str) -> str:
     """``command`` wrapped in ``bash -lc`` so the guest's profile (PATH, mise) applies."""
-    return f"bash -lc {shlex.quote(command)}"
+    return script.fill("bash -lc {}", command)
 
 
 def shell_command(argv: Sequence[str]) -> str:
@@ -265,7 +265,7 @@ def shell_command(argv: Sequence[str]) -> str:
     """
     if not argv:
         raise InvalidArgument("no command given")
-    return argv[0] if len(argv) == 1 else shlex.join(argv)
+    return argv[0] if len(argv) == 1 else " ".join(script.quote(a) for a in argv)
 
 
 MAX_OUTPUT = 16 << 20  # what one guest command may print on stdout (and on stderr) before it is cut off
