@@ -66,7 +66,7 @@ async def host_side(runtime: str, binary: str, image: Path, kernel: Path, work: 
     t1 = time.perf_counter()
     await storage.make_work_disk(image / "work-seed.ext4", vm_dir / "work.ext4", 8 << 30)
     t2 = time.perf_counter()
-    tap = ipam.tap_name(vm_dir.name)
+    tap = ipam.tap_name(ipam.daemon_tag(str(work)), vm_dir.name)
     await net.create_tap(tap, "bench0")
     t3 = time.perf_counter()
     driver = driver_for(runtime, firecracker_bin=binary, qemu_bin="qemu-system-x86_64")

@@ -43,6 +43,16 @@ def mac_for(vm_id: str) -> str:
     return ":".join(f"{b:02x}" for b in digest)
 
 
-def tap_name(vm_or_pool_id: str) -> str:
-    """The TAP device name for a VM or pool slot: ``bgt-`` + 8 hex digits (fits IFNAMSIZ)."""
-    return TAP_PREFIX + hashlib.sha256(vm_or_pool_id.encode()).hexdigest()[:8]
+def daemon_tag(state_dir: str) -> str:
+    """4 hex digits naming one daemon (by its state dir): its TAPs start with ``bgt-<tag>``, and its start-up
+    sweep deletes only those, never another daemon's in the same network namespace."""
+    return hashlib.sha256(state_dir.encode()).hexdigest()[:4]
+
+
+def tap_prefix(tag: str) -> str:
+    return f"{TAP_PREFIX}{tag}"
+
+
+def tap_name(tag: str, slot_id: str) -> str:
+    """The TAP device name for a pool slot of daemon ``tag``: ``bgt-`` + 4 + 6 hex digits (fits IFNAMSIZ)."""
+    return tap_prefix(tag) + hashlib.sha256(slot_id.encode()).hexdigest()[:6]

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from banger import ipam
 from banger.testing.daemon import Home
 from banger.testing.netns import NetNS
 
@@ -45,6 +46,12 @@ def _leave_a_mess(home: Home, ns: NetNS) -> dict[str, object]:
     backing = home.layout.state_dir / "orphan.img"
     backing.write_bytes(b"\0" * (1 << 20))
     loop = ns.run(["losetup", "--find", "--show", str(backing)]).out.strip()
+    # Two leftover TAPs: one of this daemon (its tag), one of another daemon in the same namespace.
+    ns.run(["ip", "link", "add", "banger0", "type", "bridge"])
+    ours = ipam.tap_name(ipam.daemon_tag(str(home.layout.state_dir)), "leftover")
+    theirs = ipam.tap_name(ipam.daemon_tag("/some/other/state"), "leftover")
+    for tap in (ours, theirs):
+        ns.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
     scratch = [home.layout.images_dir / ".new-img-1234", home.layout.images_dir / ".trash-old-5678",
                home.layout.kernels_dir / ".stage-debian-6.1-9abc", vm_dir / "workspace-xyz", vm_dir / ".config-1"]
     for d in scratch:
@@ -54,7 +61,7 @@ def _leave_a_mess(home: Home, ns: NetNS) -> dict[str, object]:
     while not (vm_dir / "qmp.sock").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert qemu.poll() is None, "the orphan QEMU must be running before the daemon starts"
-    return {"qemu": qemu, "loop": loop, "scratch": scratch}
+    return {"qemu": qemu, "loop": loop, "scratch": scratch, "taps": (ours, theirs)}
 
 
 def _check_cleaned(home: Home, ns: NetNS, mess: dict[str, object]) -> None:
@@ -68,6 +75,9 @@ def _check_cleaned(home: Home, ns: NetNS, mess: dict[str, object]) -> None:
     loops = ns.run(["losetup", "--list", "--noheadings", "-O", "NAME"]).out.split()
     assert mess["loop"] not in loops, "the loop device no VM names was detached"
     assert not [d for d in mess["scratch"] if Path(str(d)).exists()]  # type: ignore[attr-defined]
+    ours, theirs = mess["taps"]  # type: ignore[misc]
+    links = ns.run(["ip", "-o", "link", "show"]).out
+    assert f" {ours}:" not in links and f" {theirs}:" in links, "only this daemon's TAP was swept"
     with home.client() as c:
         assert c.ping().pid == home.daemon_pid()
     assert time.monotonic() - started < 30

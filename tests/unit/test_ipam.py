@@ -60,9 +60,11 @@ def test_macs_of_many_ids_are_all_local_unicast_and_distinct() -> None:
     assert all(int(m[:2], 16) & 0x03 == 0x02 for m in macs)
 
 
-def test_tap_name_fits_ifnamsiz_and_is_stable() -> None:
-    name = ipam.tap_name("pool-7")
-    assert re.fullmatch(r"bgt-[0-9a-f]{8}", name)
+def test_tap_name_fits_ifnamsiz_is_stable_and_carries_the_daemons_tag() -> None:
+    tag = ipam.daemon_tag("/var/lib/banger")
+    name = ipam.tap_name(tag, "pool-7")
+    assert re.fullmatch(r"bgt-[0-9a-f]{10}", name) and name.startswith(ipam.tap_prefix(tag))
     assert len(name) <= 15
-    assert name == ipam.tap_name("pool-7")
-    assert name != ipam.tap_name("pool-8")
+    assert name == ipam.tap_name(tag, "pool-7")
+    assert name != ipam.tap_name(tag, "pool-8")
+    assert not name.startswith(ipam.tap_prefix(ipam.daemon_tag("/home/me/.local/state/banger")))

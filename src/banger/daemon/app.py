@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from banger import __version__
+from banger import __version__, ipam
 from banger.config import Config
 from banger.daemon.dns import VmDnsServer
 from banger.daemon.image_service import ImageService
@@ -46,7 +46,7 @@ class Daemon:
         self.operations = Operations()
         self.kernels = KernelService(config, layout, store, self.operations)
         self.images = ImageService(config, layout, store, self.operations, self.kernels)
-        self.network = NetworkService(config, priv)
+        self.network = NetworkService(config, priv, tag=ipam.daemon_tag(str(layout.state_dir)))
         self.runtimes = RuntimeService(config, layout)
         self.key_path = Path(config.ssh_key_path).expanduser() if config.ssh_key_path else layout.ssh_dir / "id_ed25519"
         self.vms = VMService(config, layout, store, self.operations, self.images, self.kernels, self.network,

@@ -23,9 +23,10 @@ log = logging.getLogger("banger.daemon.network")
 class NetworkService:
     """Owns the bridge, the TAP pool (a leaf lock) and NAT rules."""
 
-    def __init__(self, config: Config, priv: Privileged):
+    def __init__(self, config: Config, priv: Privileged, *, tag: str):
         self.config = config
         self.priv = priv
+        self.tag = tag  # this daemon's TAPs are named bgt-<tag>...; the sweep touches no others
         self.prefixlen = ipaddress.IPv4Network(config.cidr).prefixlen
         self._bridge_ready = False
         self._bridge_lock = asyncio.Lock()
@@ -77,7 +78,7 @@ class NetworkService:
         await self.priv.delete_tap(tap)
 
     async def _new_tap(self) -> str:
-        name = ipam.tap_name(secrets.token_hex(8))
+        name = ipam.tap_name(self.tag, secrets.token_hex(8))
         await self.priv.create_tap(name, self.config.bridge_name, None)
         return name
 
@@ -99,10 +100,10 @@ class NetworkService:
             log.warning("could not refill the TAP pool; TAPs will be made on demand", exc_info=True)
 
     async def sweep_taps(self, in_use: set[str]) -> list[str]:
-        """Delete every banger TAP not in ``in_use`` and not in the pool (daemon start); returns them."""
+        """Delete this daemon's TAPs not in ``in_use`` and not in the pool (daemon start); returns them."""
         async with self._pool_lock:
             keep = in_use | set(self._pool)
-        stale = [t for t in await net.list_links(ipam.TAP_PREFIX) if t not in keep]
+        stale = [t for t in await net.list_links(ipam.tap_prefix(self.tag)) if t not in keep]
         for tap in stale:
             await self.priv.delete_tap(tap)
         return stale
