@@ -2,6 +2,7 @@
 
 - ``main``      the root group, error handling (banger errors -> one or two lines + exit code).
 - ``context``   lazily connects the client (auto-starting bangerd).
+- ``params``    option types: bad values are click usage errors naming the flag and what it accepts.
 - ``render``    tables for people, ``--json`` for scripts.
 - ``progress``  polls a daemon operation and draws its stages.
 - ``vm`` / ``image`` / ``kernel`` / ``daemon`` / ``doctor``   one module per noun.

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec, TypeVar
 
 import click
 
 from banger import config, paths
 from banger.client import Client
+
+P = ParamSpec("P")
+R = TypeVar("R")
+INVOKED = "banger.invoked"  # key in click's shared ctx.meta: the running command's context (for its flags)
 
 
 @dataclass
@@ -34,4 +41,13 @@ class Context:
             self._client.close()
 
 
-pass_ctx = click.make_pass_decorator(Context, ensure=True)
+def pass_ctx(f: Callable[Concatenate[Context, P], R]) -> Callable[P, R]:
+    """Pass banger's Context as the first argument (like ``click.make_pass_decorator``), noting which
+    command runs so an error about a request field can name that command's flag."""
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        click_ctx = click.get_current_context()
+        click_ctx.meta[INVOKED] = click_ctx  # meta is shared by every context of the invocation
+        return click_ctx.invoke(f, click_ctx.ensure_object(Context), *args, **kwargs)
+
+    return functools.update_wrapper(wrapper, f)

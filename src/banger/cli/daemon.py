@@ -7,7 +7,7 @@ import time
 
 import click
 
-from banger.cli import render
+from banger.cli import params, render
 from banger.cli.context import Context, pass_ctx
 from banger.client import Client
 from banger.errors import DaemonUnavailable
@@ -52,7 +52,8 @@ def stop(ctx: Context) -> None:
 
 @daemon.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--lines", default=50, show_default=True, help="Lines to show from the end.")
+@click.option("-n", "--lines", type=params.LOG_LINES, default=50, show_default=True,
+              help="Lines to show from the end (0: only new ones, with -f).")
 @pass_ctx
 def logs(ctx: Context, follow: bool, lines: int) -> None:
     """Print the daemon's JSON log."""
@@ -61,7 +62,8 @@ def logs(ctx: Context, follow: bool, lines: int) -> None:
         render.echo(f"no daemon log yet at {path}", stderr=True)
         return
     with open(path, errors="replace") as f:
-        for line in f.readlines()[-lines:]:
+        tail = f.readlines()
+        for line in tail[max(0, len(tail) - lines):]:  # not [-lines:]: [-0:] is every line
             sys.stdout.write(render.clean(line, keep="\n\t"))  # the daemon writes escaped JSON; check anyway
         while follow:
             line = f.readline()

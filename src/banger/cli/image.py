@@ -7,13 +7,13 @@ import os
 import click
 
 from banger import api
-from banger.cli import render
+from banger.cli import params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
 from banger.model import Operation
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-existing_file = click.Path(exists=True, dir_okay=False)
+existing_file = params.EXISTING_FILE
 
 
 def local_path(source: str) -> str:
@@ -82,8 +82,9 @@ def image_build(ctx: Context, name: str | None, force: bool, no_cache: bool) -> 
 
 @image.command("pull")
 @click.argument("source")
-@click.option("--name", help="Register under this name (default: derived from SOURCE).")
-@click.option("--sha256", help="Expected sha256 of a bundle (required for URLs not in the catalog).")
+@click.option("--name", type=params.IMAGE_NAME, help="Register under this name (default: derived from SOURCE).")
+@click.option("--sha256", type=params.SHA256,
+              help="Expected sha256 of a bundle (required for URLs not in the catalog).")
 @click.option("--force", is_flag=True, help="Replace the image if it exists.")
 @click.option("--insecure", is_flag=True, help="Talk plain HTTP to the registry.")
 @pass_ctx
@@ -96,7 +97,7 @@ def image_pull(ctx: Context, source: str, name: str | None, sha256: str | None, 
 
 @image.command("export")
 @click.argument("name")
-@click.option("-o", "--output", required=True, help="Bundle file to write, or a directory.")
+@click.option("-o", "--output", required=True, type=params.TEXT, help="Bundle file to write, or a directory.")
 @json_option
 @pass_ctx
 def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
@@ -112,7 +113,7 @@ def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
 @image.command("register")
 @click.argument("name")
 @click.option("--rootfs", required=True, type=existing_file, help="An ext4 root filesystem image.")
-@click.option("--kernel-ref", help="Kernel to boot it with (installed or in the catalog).")
+@click.option("--kernel-ref", type=params.KERNEL_NAME, help="Kernel to boot it with (installed or in the catalog).")
 @click.option("--kernel", type=existing_file, help="A vmlinux to import as kernel NAME.")
 @click.option("--initrd", type=existing_file, help="Initrd to go with --kernel.")
 @pass_ctx

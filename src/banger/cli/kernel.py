@@ -6,12 +6,12 @@ import os
 
 import click
 
-from banger.cli import render
+from banger.cli import params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-existing_file = click.Path(exists=True, dir_okay=False)
+existing_file = params.EXISTING_FILE
 
 
 @click.group()

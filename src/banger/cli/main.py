@@ -6,10 +6,11 @@ import sys
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from banger import __version__
-from banger.cli import render
-from banger.cli.context import Context
+from banger.cli import params, render
+from banger.cli.context import INVOKED, Context
 from banger.errors import BangerError
 
 
@@ -17,7 +18,8 @@ class BangerGroup(click.Group):
     """Turns banger errors into one or two lines on stderr and the error's exit code; no tracebacks.
 
     Messages carry text from outside (paths, names, guest output): they are printed cleaned and never as
-    markup. (click's own usage errors already show bad arguments as Python reprs, escapes and all.)
+    markup. (click's own usage errors already show bad arguments as Python reprs, escapes and all.) A request
+    model that refuses a value the option types let through becomes a usage error naming the flag.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -26,6 +28,11 @@ class BangerGroup(click.Group):
         except BangerError as exc:
             render.error(exc.message, exc.hint)
             sys.exit(exc.exit_code)
+        except ValidationError as exc:
+            usage = params.usage_error(exc, ctx.meta.get(INVOKED))
+            if usage is None:
+                raise
+            raise usage from None
         except KeyboardInterrupt:
             render.err.print("interrupted")
             sys.exit(130)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from banger.cli import render
+from banger.api import VMSet
+from banger.cli import params, render
 from banger.cli.context import Context, pass_ctx
 from banger.model import VM
 
@@ -70,13 +71,13 @@ def vm_show(ctx: Context, ref: str, as_json: bool) -> None:
 
 def _create_options(f):  # type: ignore[no-untyped-def]
     for opt in reversed([
-        click.option("--name", help="VM name (generated when omitted)."),
-        click.option("--image", help="Image to boot (default: the default image)."),
-        click.option("--kernel", help="Kernel (default: the image's kernel)."),
-        click.option("--runtime", type=click.Choice(["auto", "firecracker", "qemu"]), help="VMM to use."),
-        click.option("--vcpu", type=int, help="Virtual CPUs."),
-        click.option("--memory", "memory_mib", type=int, help="Memory in MiB."),
-        click.option("--disk-size", help="Work disk size, e.g. 16G."),
+        click.option("--name", type=params.VM_NAME, help="VM name (generated when omitted)."),
+        click.option("--image", type=params.IMAGE_NAME, help="Image to boot (default: the default image)."),
+        click.option("--kernel", type=params.KERNEL_NAME, help="Kernel (default: the image's kernel)."),
+        click.option("--runtime", type=params.RUNTIME, help="VMM to use."),
+        click.option("--vcpu", type=params.VCPU, help="Virtual CPUs."),
+        click.option("--memory", "memory_mib", type=params.MEMORY_MIB, help="Memory in MiB."),
+        click.option("--disk-size", type=params.DISK_SIZE, help="Work disk size, e.g. 16G."),
         click.option("--nat", is_flag=True, help="Give the VM outbound network access through the host."),
     ]):
         f = opt(f)
@@ -111,6 +112,9 @@ def vm_create(ctx: Context, no_start: bool, as_json: bool, **opts: object) -> No
         render.echo(f"{v.name} {v.state} {v.ip} ({v.runtime})")
 
 
+DONE = {"start": "started", "stop": "stopped", "restart": "restarted", "kill": "killed", "delete": "deleted"}
+
+
 def _fan_out(ctx: Context, action: str, refs: tuple[str, ...], as_json: bool) -> None:
     results = ctx.client.vm_action(action, list(refs))
     if as_json:
@@ -119,7 +123,7 @@ def _fan_out(ctx: Context, action: str, refs: tuple[str, ...], as_json: bool) ->
     for r in results:
         if r["ok"]:
             if not as_json:
-                render.echo(f"{r['ref']}: {r['vm']['state']}")
+                render.echo(f"{r['ref']}: {DONE[action]}")  # what was done, not the state it was done from
         else:
             failed += 1
             err = r["error"]
@@ -163,16 +167,15 @@ def vm_prune(ctx: Context, force: bool) -> None:
 
 @vm.command("set")
 @click.argument("ref")
-@click.option("--vcpu", type=int, help="Virtual CPUs (applies at next start).")
-@click.option("--memory", "memory_mib", type=int, help="Memory in MiB (applies at next start).")
-@click.option("--disk-size", help="Grow the work disk (VM must be stopped).")
+@click.option("--vcpu", type=params.field_range(VMSet, "vcpu"), help="Virtual CPUs (applies at next start).")
+@click.option("--memory", "memory_mib", type=params.field_range(VMSet, "memory_mib"),
+              help="Memory in MiB (applies at next start).")
+@click.option("--disk-size", type=params.DISK_SIZE, help="Grow the work disk (VM must be stopped).")
 @click.option("--nat/--no-nat", default=None, help="Outbound NAT (applies at once when running).")
 @json_option
 @pass_ctx
 def vm_set(ctx: Context, ref: str, as_json: bool, **opts: object) -> None:
     """Change a VM's resources."""
-    from banger.api import VMSet
-
     v = ctx.client.vm_set(VMSet(ref=ref, **{k: val for k, val in opts.items() if val is not None}))  # type: ignore[arg-type]
     if as_json:
         render.as_json(v)

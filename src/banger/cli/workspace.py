@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 
 from banger import api
-from banger.cli import render
+from banger.cli import params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import json_option, vm
 from banger.client import Client
+from banger.errors import InvalidArgument
 
 
 @vm.group("workspace")
@@ -41,12 +42,12 @@ def print_prepared(result: api.WorkspacePrepareResult) -> None:
 @workspace.command("prepare")
 @click.argument("ref")
 @click.argument("path", type=click.Path(file_okay=True, dir_okay=True))
-@click.option("--mode", type=click.Choice(["shallow", "full_copy"]), default="shallow", show_default=True,
+@click.option("--mode", type=params.WORKSPACE_MODE, default="shallow", show_default=True,
               help="shallow: only HEAD's commit; full_copy: the whole .git (submodules allowed).")
 @click.option("--include-untracked", is_flag=True, help="Also ship untracked files that are not ignored.")
-@click.option("--guest-path", help="Where in the VM (under /root; default /root/repo).")
-@click.option("--branch", help="Create and check out this guest-only branch.")
-@click.option("--from", "from_ref", help="Start --branch at this commit (its tree is checked out).")
+@click.option("--guest-path", type=params.TEXT, help="Where in the VM (under /root; default /root/repo).")
+@click.option("--branch", type=params.TEXT, help="Create and check out this guest-only branch.")
+@click.option("--from", "from_ref", type=params.TEXT, help="Start --branch at this commit (its tree is checked out).")
 @click.option("--dry-run", is_flag=True, help="List what would be shipped; the VM is not touched.")
 @click.option("--no-bootstrap", is_flag=True, help="Do not start `mise install` in the guest.")
 @json_option
@@ -74,8 +75,8 @@ def _print_dry_run(result: api.WorkspacePrepareResult) -> None:
 
 @workspace.command("export")
 @click.argument("ref")
-@click.option("--base-commit", help="Diff against this commit (default: the prepared HEAD).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+@click.option("--base-commit", type=params.TEXT, help="Diff against this commit (default: the prepared HEAD).")
+@click.option("-o", "--output", type=params.File(dir_okay=False, writable=True),
               help="Write the patch here instead of stdout.")
 @json_option
 @pass_ctx
@@ -93,7 +94,11 @@ def export(ctx: Context, ref: str, base_commit: str | None, output: str | None, 
 
 def write_patch(client: Client, result: api.WorkspaceExportResult, output: str | None) -> None:
     """Put the patch on stdout or in ``output``; a big one is read from the daemon over the socket in chunks."""
-    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write the patch to {output}: {exc.strerror}",
+                              hint="pick another -o path, or leave -o out for stdout") from exc
     try:
         for chunk in _chunks(client, result):
             sink.write(chunk)
