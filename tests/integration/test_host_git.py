@@ -9,24 +9,8 @@ from pathlib import Path
 import pytest
 
 from banger.testing.daemon import Home
+from banger.testing.repos import committed_repo, git
 from banger.workspace import repo
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True).stdout
-
-
-def committed_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.name", "Repo Person")
-    git(path, "config", "user.email", "repo@example.test")
-    (path / "src").mkdir()
-    (path / "src" / "a.py").write_text("print('a')\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "first")
-    (path / "scratch.txt").write_text("untracked\n")
-    return path
 
 
 @pytest.fixture

@@ -11,26 +11,8 @@ import pytest
 
 from banger.errors import InvalidArgument
 from banger.testing.daemon import Home
+from banger.testing.repos import committed_repo, git
 from banger.workspace import repo
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True).stdout
-
-
-def committed_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.name", "Repo Person")
-    git(path, "config", "user.email", "repo@example.test")
-    (path / "src").mkdir()
-    (path / "src" / "a.py").write_text("print('a')\n")
-    (path / ".gitignore").write_text("*.log\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "first")
-    (path / "debug.log").write_text("ignored\n")
-    (path / "scratch.txt").write_text("untracked\n")
-    return path
 
 
 async def test_inspect_a_normal_repo_from_a_subdirectory(tmp_path: Path) -> None:
