@@ -37,8 +37,9 @@ START_TIMEOUT = 20.0
 class Client:
     """A connection to bangerd; use :meth:`connect` rather than the constructor."""
 
-    def __init__(self, layout: Layout, sock: socket.socket):
+    def __init__(self, layout: Layout, sock: socket.socket, daemon_uid: int | None = None):
         self.layout = layout
+        self.daemon_uid = daemon_uid
         self._sock = sock
         self._file = sock.makefile("rb")
         self._ids = itertools.count(1)
@@ -46,13 +47,21 @@ class Client:
     # --- connecting ---------------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, layout: Layout, *, autostart: bool = True, expect_version: str = __version__) -> Client:
-        """A client for a daemon of ``expect_version``, starting or restarting bangerd as needed."""
-        client = cls._try_connect(layout)
+    def connect(cls, layout: Layout, *, autostart: bool = True, expect_version: str = __version__,
+                daemon_uid: int | None = None) -> Client:
+        """A client for a daemon of ``expect_version``, starting or restarting bangerd as needed.
+
+        ``daemon_uid``: the user the daemon runs as when it is not the caller (a system install's owner, for
+        root's CLI); its runtime directory and socket may then belong to that user too.
+        """
+        client = cls._try_connect(layout, daemon_uid)
         if client is None:
             if not autostart:
                 raise DaemonUnavailable(f"bangerd is not running (no answer on {layout.socket})",
-                                        hint="any banger command starts it, e.g. `banger daemon status`")
+                                        hint="any banger command starts it, e.g. `banger daemon status`"
+                                        if daemon_uid is None else
+                                        "it is the system install's daemon: `systemctl start bangerd`, "
+                                        "or see `banger system status`")
             return cls._start(layout)
         if not autostart:
             return client
@@ -65,14 +74,14 @@ class Client:
         return cls._start(layout)
 
     @classmethod
-    def _try_connect(cls, layout: Layout) -> Client | None:
+    def _try_connect(cls, layout: Layout, daemon_uid: int | None = None) -> Client | None:
         """A connection to the daemon at ``layout.socket``; None when nothing listens there yet."""
-        if not check_runtime_dir(layout.runtime_dir):
+        if not check_runtime_dir(layout.runtime_dir, daemon_uid):
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(layout.socket))
-            check_peer(sock, layout.socket)
+            check_peer(sock, layout.socket, daemon_uid)
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             return None
@@ -82,7 +91,7 @@ class Client:
         except PermissionDenied:
             sock.close()
             raise
-        return cls(layout, sock)
+        return cls(layout, sock, daemon_uid)
 
     @classmethod
     def _start(cls, layout: Layout) -> Client:
@@ -277,7 +286,11 @@ class Client:
         return self._typed(api.OperationStarted, method, params).operation
 
 
-def check_runtime_dir(path: Path) -> bool:
+def _trusted(daemon_uid: int | None) -> set[int]:
+    return {os.geteuid(), 0} | ({daemon_uid} if daemon_uid is not None else set())
+
+
+def check_runtime_dir(path: Path, daemon_uid: int | None = None) -> bool:
     """Whether ``path`` exists (False: no daemon yet); PermissionDenied unless it is a real directory owned
     by the caller or root that no one else may enter (someone who can write there can stand in a socket)."""
     try:
@@ -290,7 +303,7 @@ def check_runtime_dir(path: Path) -> bool:
                                "bangerd's socket must live in a real directory", hint=fix)
     if not stat.S_ISDIR(st.st_mode):
         raise PermissionDenied(f"banger's runtime directory {path} is not a directory", hint=fix)
-    if st.st_uid not in (os.geteuid(), 0):
+    if st.st_uid not in _trusted(daemon_uid):
         raise PermissionDenied(f"banger's runtime directory {path} belongs to uid {st.st_uid}, not to you "
                                f"(uid {os.geteuid()}) or root; another user may be posing as bangerd",
                                hint=f"if you did not make it, {fix}; or set XDG_RUNTIME_DIR to a directory of yours")
@@ -300,11 +313,11 @@ def check_runtime_dir(path: Path) -> bool:
     return True
 
 
-def check_peer(sock: socket.socket, path: Path) -> None:
+def check_peer(sock: socket.socket, path: Path, daemon_uid: int | None = None) -> None:
     """PermissionDenied unless the process listening on ``sock`` runs as the caller or root."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", creds)
-    if uid not in (os.geteuid(), 0):
+    if uid not in _trusted(daemon_uid):
         raise PermissionDenied(f"the process serving {path} (pid {pid}) runs as uid {uid}, not as you "
                                f"(uid {os.geteuid()}) or root: it is not your bangerd; nothing was sent to it",
                                hint=f"find out who started pid {pid}; stop it and remove {path}, then retry")

@@ -103,3 +103,14 @@ def tool_log() -> Path | None:
     """``$BANGER_TOOL_LOG``: where test runs record every host program banger resolves (None normally)."""
     value = os.environ.get("BANGER_TOOL_LOG")
     return Path(value) if value else None
+
+
+def home_override(env: dict[str, str] | None = None) -> bool:
+    """Whether ``BANGER_HOME`` chooses the layout (it wins over a system install)."""
+    return bool((os.environ if env is None else env).get("BANGER_HOME"))
+
+
+def install_file(env: dict[str, str] | None = None) -> Path:
+    """Where ``banger system install`` records the install: ``$BANGER_INSTALL`` (tests) or the system path."""
+    env = dict(os.environ if env is None else env)
+    return Path(env.get("BANGER_INSTALL") or "/etc/banger/install.toml")

@@ -11,7 +11,10 @@ import pytest
 from banger.errors import HostError, InvalidArgument
 from banger.host import dm, ext4, loopdev, storage
 from banger.host.http import sha256_file
+from banger.host.privileged import local
 from banger.host.run import run
+
+PRIV = local()
 
 GiB = 1 << 30
 
@@ -67,7 +70,7 @@ async def test_host_probes(tmp_path: Path) -> None:
 
 async def test_qcow2_overlay_keeps_base_untouched(base: Path, tmp_path: Path) -> None:
     before = sha256_file(base)
-    rd = await storage.make_root_disk("qcow2", base, tmp_path / "vm1", 0)
+    rd = await storage.make_root_disk("qcow2", base, tmp_path / "vm1", 0, priv=PRIV)
     assert (rd.format, rd.strategy, rd.path) == ("qcow2", "qcow2", tmp_path / "vm1" / "root.qcow2")
     info = json.loads((await run(["qemu-img", "info", "--output=json", rd.path])).out)
     assert info["backing-filename"] == str(base.resolve())
@@ -78,25 +81,25 @@ async def test_qcow2_overlay_keeps_base_untouched(base: Path, tmp_path: Path) ->
     await run(["qemu-img", "check", rd.path])
     assert sha256_file(base) == before
     for _ in range(2):
-        await storage.release_root_disk(rd)
+        await storage.release_root_disk(rd, priv=PRIV)
     assert not rd.path.exists() and base.exists()
 
 
 async def test_sparse_copy_is_sparse_and_equal(base: Path, tmp_path: Path) -> None:
-    rd = await storage.make_root_disk("sparse-copy", base, tmp_path / "vm", 0)
+    rd = await storage.make_root_disk("sparse-copy", base, tmp_path / "vm", 0, priv=PRIV)
     st = rd.path.stat()
     assert (rd.format, st.st_size) == ("raw", base.stat().st_size)
     assert st.st_blocks * 512 < st.st_size // 4, f"copy uses {st.st_blocks * 512} of {st.st_size} bytes"
     print(f"sparse copy: {st.st_blocks * 512 >> 10} KiB allocated for {st.st_size >> 20} MiB")
     assert sha256_file(rd.path) == sha256_file(base)
-    await storage.release_root_disk(rd)
-    await storage.release_root_disk(rd)
+    await storage.release_root_disk(rd, priv=PRIV)
+    await storage.release_root_disk(rd, priv=PRIV)
     assert not rd.path.exists()
 
 
 async def test_reflink_on_ext4_fails_and_leaves_nothing(base: Path, tmp_path: Path) -> None:
     with pytest.raises(HostError, match="reflink"):
-        await storage.make_root_disk("reflink", base, tmp_path / "vm", 0)
+        await storage.make_root_disk("reflink", base, tmp_path / "vm", 0, priv=PRIV)
     assert list((tmp_path / "vm").iterdir()) == []
 
 
@@ -114,7 +117,7 @@ async def test_release_collects_every_failure(tmp_path: Path) -> None:
     doomed.write_bytes(b"x")
     rd = storage.RootDisk(doomed, "qcow2", "qcow2", loops=("not-a-loop",), files=(blocker, doomed))
     with pytest.raises(ExceptionGroup) as info:
-        await storage.release_root_disk(rd)
+        await storage.release_root_disk(rd, priv=PRIV)
     kinds = sorted(type(e).__name__ for e in info.value.exceptions)
     assert kinds == ["HostError", "InvalidArgument"]
     assert not doomed.exists(), "later steps still run after a failure"
@@ -143,7 +146,7 @@ async def test_dm_unavailable_here_with_clear_reason(base: Path, tmp_path: Path)
     assert await dm.list_names() == []
     await dm.remove("banger-nothing")  # idempotent even without device-mapper
     with pytest.raises(HostError, match="device-mapper snapshots are not available"):
-        await storage.make_root_disk("dm-snapshot", base, tmp_path / "vm", 1 * GiB)
+        await storage.make_root_disk("dm-snapshot", base, tmp_path / "vm", 1 * GiB, priv=PRIV)
     # The two loop devices were attached for real before dmsetup failed: the undo stack detached them.
     assert await losetup_j(base) == ""
     assert await loopdev.list_under(tmp_path) == []

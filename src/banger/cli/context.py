@@ -9,7 +9,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import click
 
-from banger import config, paths
+from banger import config, install, paths
 from banger.client import Client
 
 P = ParamSpec("P")
@@ -19,9 +19,13 @@ INVOKED = "banger.invoked"  # key in click's shared ctx.meta: the running comman
 
 @dataclass
 class Context:
-    layout: paths.Layout = field(default_factory=paths.layout_from_env)
+    target: install.Target = field(default_factory=install.client_target)
     _config: config.Config | None = None
     _client: Client | None = None
+
+    @property
+    def layout(self) -> paths.Layout:
+        return self.target.layout
 
     @property
     def config(self) -> config.Config:
@@ -33,7 +37,10 @@ class Context:
     def client(self) -> Client:
         if self._client is None:
             self.config  # noqa: B018  (a bad config.toml fails here, with the key named, before any daemon)
-            self._client = Client.connect(self.layout)
+            system = self.target.system
+            # A system install's daemon is systemd's to start; the CLI never starts a second one.
+            self._client = Client.connect(self.layout, autostart=system is None,
+                                          daemon_uid=system.owner_uid if system else None)
         return self._client
 
     def close(self) -> None:

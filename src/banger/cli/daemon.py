@@ -39,7 +39,8 @@ def status(ctx: Context, as_json: bool) -> None:
 def stop(ctx: Context) -> None:
     """Stop bangerd (running VMs keep running and are re-adopted at the next start)."""
     try:
-        client = Client.connect(ctx.layout, autostart=False)
+        system = ctx.target.system
+        client = Client.connect(ctx.layout, autostart=False, daemon_uid=system.owner_uid if system else None)
     except DaemonUnavailable:
         render.err.print("bangerd is not running")
         return

@@ -48,7 +48,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from banger.cli import daemon, doctor, image, kernel, ssh_config, vm, vm_run, workspace  # noqa: F401  (add to vm)
+    from banger.cli import daemon, doctor, image, kernel, ssh_config, system, vm, vm_run, workspace  # noqa: F401  (vm_run, workspace add to vm)
 
     cli.add_command(vm.vm)
     cli.add_command(vm.ps)
@@ -57,6 +57,7 @@ def _register() -> None:
     cli.add_command(daemon.daemon)
     cli.add_command(doctor.doctor)
     cli.add_command(ssh_config.ssh_config)
+    cli.add_command(system.system)
 
 
 _register()

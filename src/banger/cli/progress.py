@@ -43,7 +43,7 @@ def _cancel(client: Client, op: Operation) -> None:
     """Cancel ``op`` over a fresh connection (the old one may hold a half-read reply); uninterruptible."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
     render.err.print(f"cancelling {op.kind} {op.target} ...", markup=False)
-    with Client.connect(client.layout, autostart=False) as fresh:
+    with Client.connect(client.layout, autostart=False, daemon_uid=client.daemon_uid) as fresh:
         fresh.operation_cancel(op.id)
 
 

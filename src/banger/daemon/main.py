@@ -11,11 +11,12 @@ import stat
 import sys
 from pathlib import Path
 
-from banger import __version__, config, paths
+from banger import __version__, config, install, paths
 from banger.daemon import logs
 from banger.daemon.app import Daemon
 from banger.daemon.server import FRAME_TIMEOUT
-from banger.errors import BangerError, PermissionDenied
+from banger.errors import BangerError, ConfigError, PermissionDenied
+from banger.host.privileged import Privileged, RemotePrivileged
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -25,11 +26,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version-override", default=None, help=argparse.SUPPRESS)
     # Tests shorten how long a half-sent RPC frame may stay unfinished, to watch the connection dropped.
     parser.add_argument("--frame-timeout", type=float, default=FRAME_TIMEOUT, help=argparse.SUPPRESS)
+    parser.add_argument("--install", type=Path, default=None,
+                        help="serve the system install recorded in this install.toml (bangerd.service)")
     return parser.parse_args(argv)
 
 
-async def _serve(cfg: config.Config, layout: paths.Layout, version: str, frame_timeout: float) -> None:
-    daemon = await Daemon.open(cfg, layout, version=version, frame_timeout=frame_timeout)
+async def _serve(cfg: config.Config, layout: paths.Layout, version: str, frame_timeout: float,
+                 priv: Privileged | None) -> None:
+    daemon = await Daemon.open(cfg, layout, priv=priv, version=version, frame_timeout=frame_timeout)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopping.set)
@@ -39,15 +43,36 @@ async def _serve(cfg: config.Config, layout: paths.Layout, version: str, frame_t
         await daemon.close()
 
 
+def _system(where: Path) -> tuple[paths.Layout, Privileged]:
+    """The owner daemon of a system install: its layout, and bangerd-root for everything that needs root."""
+    inst = install.read(where)
+    if inst is None:
+        raise ConfigError(f"no install record at {where}", hint="run `banger system install --owner USER` as root")
+    if os.geteuid() != inst.owner_uid:
+        raise PermissionDenied(f"this install's bangerd runs as {inst.owner} (uid {inst.owner_uid}), "
+                               f"not uid {os.geteuid()}", hint="start it through bangerd.service")
+    if not inst.runtime_dir.is_dir():
+        try:
+            inst.runtime_dir.mkdir(mode=0o700)
+        except OSError as exc:
+            raise PermissionDenied(f"cannot make {inst.runtime_dir}: {exc.strerror}",
+                                   hint="start bangerd-root first: it makes the owner's runtime directory") from exc
+    return inst.layout, RemotePrivileged(inst.root_socket)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    layout = paths.layout_from_env()
+    priv: Privileged | None = None
     try:
+        if args.install is not None:
+            layout, priv = _system(args.install)
+        else:
+            layout = paths.layout_from_env()
         cfg = config.load(layout.config_file)
+        layout.ensure()
     except BangerError as exc:
         print(f"bangerd: {exc}", file=sys.stderr)
         return exc.exit_code
-    layout.ensure()
     try:
         lock = _open_own(layout.runtime_dir / "bangerd.lock")  # held (and locked) for the process lifetime
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logs.setup(layout.daemon_log, cfg.log_level)
     try:
-        asyncio.run(_serve(cfg, layout, args.version_override or __version__, args.frame_timeout))
+        asyncio.run(_serve(cfg, layout, args.version_override or __version__, args.frame_timeout, priv))
     except BangerError as exc:
         print(f"bangerd: {exc}", file=sys.stderr)
         return exc.exit_code

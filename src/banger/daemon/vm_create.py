@@ -8,6 +8,7 @@ cancel removes the VMM, TAP, NAT rules, disks, directory and row.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from banger.config import parse_size
 from banger.daemon.vm_handles import WORK_DISK, read_root_disk, write_root_disk
 from banger.errors import InvalidArgument
 from banger.host import storage
+from banger.host.privileged import Privileged
 from banger.model import VM, Image, Kernel, VMSpec
 from banger.names import generate_vm_name, validate_name
 
@@ -58,25 +60,26 @@ def new_vm(name: str | None, spec: VMSpec, taken_names: set[str], ip: str, vms_d
               vm_dir=str(vms_dir / vm_id))
 
 
-async def make_disks(vm: VM, image: Image) -> None:
+async def make_disks(vm: VM, image: Image, priv: Privileged) -> None:
     """Root (copy-on-write over the image) and work disk (from the image's work seed) in the VM dir."""
     vm_dir = Path(vm.vm_dir)
     image_dir = Path(image.dir)
     strategy = await storage.cow_for_host(vm.runtime or "qemu", vm_dir)
     async with contextlib.AsyncExitStack() as undo:
-        root = await storage.make_root_disk(strategy, image_dir / "rootfs.ext4", vm_dir, vm.spec.system_overlay_size)
-        undo.push_async_callback(storage.release_root_disk, root)
+        root = await storage.make_root_disk(strategy, image_dir / "rootfs.ext4", vm_dir, vm.spec.system_overlay_size,
+                                          priv=priv)
+        undo.push_async_callback(functools.partial(storage.release_root_disk, root, priv=priv))
         write_root_disk(vm_dir, root)
         await storage.make_work_disk(image_dir / "work-seed.ext4", vm_dir / WORK_DISK, vm.spec.disk_size)
         undo.pop_all()
 
 
-async def remove_disks(vm: VM) -> None:
+async def remove_disks(vm: VM, priv: Privileged) -> None:
     """Release the root disk's devices and delete the VM directory (idempotent)."""
     vm_dir = Path(vm.vm_dir)
     root = read_root_disk(vm_dir)
     try:
         if root is not None:
-            await storage.release_root_disk(root)
+            await storage.release_root_disk(root, priv=priv)
     finally:
         shutil.rmtree(vm_dir, ignore_errors=True)

@@ -91,7 +91,7 @@ class VMService:
         async with self.vm_lock.hold(vm.id), contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(self._discard, vm)
             reporter.stage("preparing disks")
-            await make_disks(vm, image)
+            await make_disks(vm, image, self.network.priv)
             self.lifecycle.make_host_key(vm)  # no trust on first use: pinned before the first boot
             if req.start:
                 try:
@@ -112,7 +112,7 @@ class VMService:
         if handles is not None:
             await self.runtimes.driver(handles.vmm.runtime).kill(handles.vmm)
         await self.lifecycle.release(current, handles)
-        await remove_disks(current)
+        await remove_disks(current, self.network.priv)
         ssh.forget_host(self.layout.known_hosts, *(n for n in (current.ip, f"{current.name}.vm") if n))
         self.store.delete_vm(vm.id)
 

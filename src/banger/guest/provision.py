@@ -199,5 +199,7 @@ async def build_config_disk(dest: Path, files: Sequence[FileToWrite], host_key: 
         size = max(ext4.size_for_tree(tree, minimum=CONFIG_MIN_SIZE), CONFIG_MIN_SIZE)
         staged = Path(tmp) / CONFIG_DISK
         await ext4.make_from_tree(tree, staged, size, label=CONFIG_LABEL)
+        if os.geteuid() != 0:  # the guest copies /root's own owner and mode from here (cp -p)
+            await ext4.own_by_root(staged, [f"/{d.name}" for d in sorted(tree.iterdir())])
         os.chmod(staged, 0o600)
         os.replace(staged, dest)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from banger.errors import HostError, IntegrityError
@@ -50,6 +52,20 @@ async def make_from_tree(tree: Path | None, image: Path, size: int, *, label: st
     except BaseException:
         image.unlink(missing_ok=True)
         raise
+
+
+async def own_by_root(image: Path, paths: Sequence[str]) -> None:
+    """Make ``paths`` (fixed names, e.g. ``/root``) of a freshly made, never-mounted ``image`` root's.
+
+    ``mkfs.ext4 -d`` keeps the builder's uid; an owner daemon (not root) builds images of its own files.
+    """
+    for p in paths:
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]+", p):
+            raise ValueError(f"{p!r} is not a plain path")
+    script = "".join(f"sif {p} uid 0\nsif {p} gid 0\n" for p in paths)
+    result = await run(["debugfs", "-w", "-f", "-", image], input=script.encode())
+    if "not found" in result.err or "Couldn't" in result.err:
+        raise HostError(f"could not give {', '.join(paths)} in {image} to root: {result.err.strip()}")
 
 
 async def debugfs(image: Path, *requests: str) -> str:

@@ -69,6 +69,32 @@ async def attach(path: Path, *, read_only: bool) -> str:
     return result.out.strip()
 
 
+async def attach_fd(fd: int, *, read_only: bool) -> str:
+    """Attach the open regular file ``fd`` to a free loop device and return its name.
+
+    losetup opens ``/proc/self/fd/N``, the very file this descriptor is, so no path is looked up again
+    between whoever checked the file and the attach.
+    """
+    argv = ["losetup", "--find", "--show", *(["--read-only"] if read_only else []), f"/proc/self/fd/{fd}"]
+    try:
+        result = await run(argv, pass_fds=(fd,))
+    except HostError as exc:
+        raise HostError(
+            f"could not attach a loop device: {exc.message}",
+            hint="banger needs root and /dev/loop-control; look for leaked devices with `losetup -a`",
+        ) from exc
+    return result.out.strip()
+
+
+async def backing_file(device: str) -> Path | None:
+    """The file behind loop ``device`` (None when it is not attached)."""
+    _check_device(device)
+    for d in await list_all():
+        if d.device == device:
+            return d.backing_file
+    return None
+
+
 async def detach(device: str) -> None:
     """Detach ``device``; nothing happens if it is not attached any more."""
     _check_device(device)

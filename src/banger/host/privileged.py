@@ -6,14 +6,28 @@ NAT rules, resolver routing, loop and device-mapper devices). Keeping them behin
 caller's uid and validates every argument, without touching the services that call them.
 :class:`LocalPrivileged` is the in-process implementation, used while bangerd runs as root.
 Arguments are plain strings, ints and paths so that every method can cross a process boundary.
+:class:`RemotePrivileged` is that crossing: each call is one request on ``bangerd-root``'s socket
+(:mod:`banger.rootd`), a loop device's backing file travelling as an open descriptor (SCM_RIGHTS), never as
+a path the helper would have to trust.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import socket
+import struct
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from banger.errors import BangerError, DaemonUnavailable, PermissionDenied, ProtocolError, from_rpc_error
 from banger.host import dm, loopdev, nat, net, resolved, tapfilter
+
+# The helper's wire: one JSON request {"op", "args"} (descriptors alongside), the writer's EOF, one JSON
+# reply {"result"} or {"error"} (banger's JSON-RPC error object), then the helper closes.
+MAX_MESSAGE = 64 * 1024
+REQUEST_TIMEOUT = 120.0  # dmsetup and nft answer in milliseconds; this only bounds a wedged helper
 
 
 class Privileged(Protocol):
@@ -83,7 +97,15 @@ class LocalPrivileged:
         return sorted(await tapfilter.list_filters())
 
     async def attach_loop(self, path: Path, read_only: bool) -> str:
-        return await loopdev.attach(path, read_only=read_only)
+        fd = open_backing(path, read_only)
+        try:
+            return await self.attach_loop_fd(fd, read_only)
+        finally:
+            os.close(fd)
+
+    async def attach_loop_fd(self, fd: int, read_only: bool) -> str:
+        """Attach the open file ``fd`` (what the helper does with a descriptor it was passed)."""
+        return await loopdev.attach_fd(fd, read_only=read_only)
 
     async def detach_loop(self, device: str) -> None:
         await loopdev.detach(device)
@@ -109,6 +131,160 @@ class LocalPrivileged:
     async def revert_resolved_link(self, link: str) -> None:
         """Drop the per-link DNS settings of ``link``."""
         await resolved.unroute(link)
+
+
+def open_backing(path: Path, read_only: bool) -> int:
+    """An open descriptor of loop backing file ``path`` (not followed if it is a symlink)."""
+    flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags)
+    except OSError as exc:
+        raise BangerError(f"cannot open {path} for a loop device: {exc.strerror}") from exc
+
+
+class RemotePrivileged:
+    """The privileged operations, asked of ``bangerd-root`` over its socket (one connection per call).
+
+    Nothing is cached between calls, so a restarted helper is simply used again by the next call.
+    """
+
+    def __init__(self, socket_path: Path):
+        self.socket_path = socket_path
+
+    async def call(self, op: str, fds: tuple[int, ...] = (), **args: Any) -> Any:
+        return await asyncio.to_thread(self._call_sync, op, args, fds)
+
+    def _call_sync(self, op: str, args: dict[str, Any], fds: tuple[int, ...]) -> Any:
+        request = json.dumps({"op": op, "args": args}).encode()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(REQUEST_TIMEOUT)
+        try:
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError as exc:
+                raise DaemonUnavailable(
+                    f"bangerd-root is not answering on {self.socket_path} ({exc.strerror}); "
+                    f"nothing that needs root ({op.replace('_', ' ')}) can be done",
+                    hint="start it (`systemctl start bangerd-root`, or see `banger system status`), then retry",
+                ) from exc
+            _check_helper(sock, self.socket_path)
+            socket.send_fds(sock, [request], list(fds)) if fds else sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            reply = _read_all(sock)
+        except TimeoutError as exc:
+            raise DaemonUnavailable(f"bangerd-root did not answer {op} within {REQUEST_TIMEOUT:g}s") from exc
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise DaemonUnavailable(f"bangerd-root hung up during {op}: {exc}",
+                                    hint="see `banger system status`; the helper may have been restarted") from exc
+        finally:
+            sock.close()
+        try:
+            doc = json.loads(reply)
+        except ValueError as exc:
+            raise ProtocolError(f"bangerd-root sent a reply that is not JSON for {op}") from exc
+        if "error" in doc:
+            raise from_rpc_error(doc["error"])
+        return doc.get("result")
+
+    async def ensure_bridge(self, name: str, ip: str, prefixlen: int) -> None:
+        await self.call("ensure_bridge", name=name, ip=ip, prefixlen=prefixlen)
+
+    async def remove_bridge(self, name: str) -> None:
+        await self.call("remove_bridge", name=name)
+
+    async def create_tap(self, name: str, bridge: str, owner_uid: int | None) -> None:
+        await self.call("create_tap", name=name, bridge=bridge, owner_uid=owner_uid)
+
+    async def delete_tap(self, name: str) -> None:
+        await self.call("delete_tap", name=name)
+
+    async def ensure_nat(self) -> None:
+        await self.call("ensure_nat")
+
+    async def add_vm_nat(self, vm_id: str, guest_ip: str, out_iface: str | None) -> None:
+        await self.call("add_vm_nat", vm_id=vm_id, guest_ip=guest_ip, out_iface=out_iface)
+
+    async def remove_vm_nat(self, vm_id: str) -> None:
+        await self.call("remove_vm_nat", vm_id=vm_id)
+
+    async def nat_vm_ids(self) -> list[str]:
+        return [str(v) for v in await self.call("nat_vm_ids")]
+
+    async def add_tap_filter(self, vm_id: str, tap: str, mac: str, guest_ip: str) -> None:
+        await self.call("add_tap_filter", vm_id=vm_id, tap=tap, mac=mac, guest_ip=guest_ip)
+
+    async def remove_tap_filter(self, vm_id: str) -> None:
+        await self.call("remove_tap_filter", vm_id=vm_id)
+
+    async def tap_filter_vm_ids(self) -> list[str]:
+        return [str(v) for v in await self.call("tap_filter_vm_ids")]
+
+    async def attach_loop(self, path: Path, read_only: bool) -> str:
+        fd = open_backing(path, read_only)
+        try:
+            return str(await self.call("attach_loop", (fd,), read_only=read_only))
+        finally:
+            os.close(fd)
+
+    async def detach_loop(self, device: str) -> None:
+        await self.call("detach_loop", device=device)
+
+    async def dm_create_snapshot(self, name: str, origin: str, cow: str, sectors: int) -> Path:
+        return Path(await self.call("dm_create_snapshot", name=name, origin=origin, cow=cow, sectors=sectors))
+
+    async def dm_remove(self, name: str) -> None:
+        await self.call("dm_remove", name=name)
+
+    async def dm_names(self) -> list[str]:
+        return [str(v) for v in await self.call("dm_names")]
+
+    async def loops_under(self, directory: Path) -> list[str]:
+        return [str(v) for v in await self.call("loops_under", directory=str(directory))]
+
+    async def set_resolved_link_dns(self, link: str, server: str, domain: str) -> None:
+        await self.call("set_resolved_link_dns", link=link, server=server, domain=domain)
+
+    async def revert_resolved_link(self, link: str) -> None:
+        await self.call("revert_resolved_link", link=link)
+
+
+def _check_helper(sock: socket.socket, path: Path) -> None:
+    """Only root may answer as bangerd-root: anyone else listening there would be handed our descriptors."""
+    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))
+    if uid != 0:
+        raise PermissionDenied(f"the process serving {path} (pid {pid}) runs as uid {uid}, not root: "
+                               "it is not bangerd-root; nothing was sent to it",
+                               hint=f"find out who started pid {pid}; stop it, then restart bangerd-root")
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := sock.recv(MAX_MESSAGE):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_MESSAGE:
+            raise ProtocolError(f"a bangerd-root message is larger than {MAX_MESSAGE} bytes")
+    return b"".join(chunks)
+
+
+def read_message(sock: socket.socket, max_fds: int = 1) -> tuple[bytes, list[int]]:
+    """One whole message (until the writer's EOF) and the descriptors that came with it (helper side)."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, max_fds)
+    if data:
+        try:
+            rest = _read_all(sock)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        data += rest
+    if len(data) > MAX_MESSAGE:
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError(f"a bangerd-root message is larger than {MAX_MESSAGE} bytes")
+    return data, fds
 
 
 def local() -> Privileged:

@@ -115,10 +115,12 @@ async def run(
     cwd: str | os.PathLike[str] | None = None,
     stdout: int | None = subprocess.PIPE,
     as_user: tuple[int, int] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Completed:
     """Run ``argv`` to completion; raise HostError on a non-zero exit when ``check``.
 
-    ``as_user`` = (uid, gid) runs it as that user with no supplementary groups (the daemon must be root).
+    ``as_user`` = (uid, gid) runs it as that user with no supplementary groups (the daemon must be root);
+    ``pass_fds`` are inherited by the child under the same numbers (``/proc/self/fd/N`` names them).
     """
     args = [str(a) for a in argv]
     args[0] = require(args[0])
@@ -132,6 +134,7 @@ async def run(
             stderr=subprocess.PIPE,
             env=None if env is None else {**os.environ, **env},
             cwd=cwd,
+            pass_fds=tuple(pass_fds),
             **identity,  # type: ignore[arg-type]
         )
     except OSError as exc:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from banger.errors import HostError, InvalidArgument
 from banger.host import dm, ext4
-from banger.host.privileged import LocalPrivileged, Privileged
+from banger.host.privileged import Privileged
 from banger.host.run import run
 
 CowStrategy = Literal["dm-snapshot", "qcow2", "reflink", "sparse-copy"]
@@ -120,7 +120,7 @@ async def make_root_disk(
     dest_dir: Path,
     overlay_size: int,
     *,
-    priv: Privileged | None = None,
+    priv: Privileged,
 ) -> RootDisk:
     """Create a writable copy-on-write view of ``base`` in ``dest_dir`` (nothing is left behind on failure).
 
@@ -133,7 +133,7 @@ async def make_root_disk(
     if strategy in ("reflink", "sparse-copy"):
         return await _make_copy(strategy, base, dest_dir / "root.ext4")
     if strategy == "dm-snapshot":
-        return await _make_dm(base, base_size, dest_dir, overlay_size, priv or LocalPrivileged())
+        return await _make_dm(base, base_size, dest_dir, overlay_size, priv)
     raise InvalidArgument(f"unknown copy-on-write strategy {strategy!r}")
 
 
@@ -173,12 +173,11 @@ def _sparse_file(path: Path, size: int) -> None:
         f.truncate(size)
 
 
-async def release_root_disk(rd: RootDisk, *, priv: Privileged | None = None) -> None:
+async def release_root_disk(rd: RootDisk, *, priv: Privileged) -> None:
     """Remove the dm device, detach the loops and delete the files of ``rd``; safe to call again.
 
     Every step is attempted; all failures are raised together as an ExceptionGroup.
     """
-    priv = priv or LocalPrivileged()
     errors: list[Exception] = []
 
     async def attempt(step: Any, *args: Any) -> None:

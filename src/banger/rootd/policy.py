@@ -1,0 +1,158 @@
+"""What bangerd-root agrees to do: each operation's arguments checked against banger's configuration.
+
+A refusal is :class:`~banger.errors.PermissionDenied` naming the argument and what is allowed. The owner
+daemon never sends a refused request on purpose, so a refusal means a bug or a compromised owner daemon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from banger import ipam
+from banger.config import Config
+from banger.errors import PermissionDenied
+from banger.host import dm, loopdev
+
+VM_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+TAP_RE = re.compile(rf"^{re.escape(ipam.TAP_PREFIX)}[0-9a-f]{{10}}$")
+DM_RE = re.compile(rf"^{re.escape(dm.PREFIX)}[0-9a-f]{{12}}$")
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
+VM_DOMAIN = "vm"
+
+
+def refuse(what: str, why: str) -> PermissionDenied:
+    return PermissionDenied(f"bangerd-root refuses {what}: {why}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    owner_uid: int
+    state_dir: Path
+    bridge: str
+    bridge_ip: str
+    cidr: ipaddress.IPv4Network
+    dns_listen: str
+
+    @classmethod
+    def from_config(cls, cfg: Config, owner_uid: int, state_dir: Path) -> Policy:
+        return cls(owner_uid, Path(os.path.realpath(state_dir)), cfg.bridge_name, cfg.bridge_ip,
+                   ipaddress.IPv4Network(cfg.cidr), cfg.dns_listen)
+
+    # --- single values ------------------------------------------------------------------------------
+
+    def check_bridge(self, name: Any) -> str:
+        if name != self.bridge:
+            raise refuse(f"bridge {name!r}", f"the only bridge is {self.bridge!r} (bridge_name in the config)")
+        return str(name)
+
+    def check_tap(self, name: Any) -> str:
+        if not isinstance(name, str) or not TAP_RE.match(name):
+            raise refuse(f"TAP {name!r}", f"banger's TAPs are named {ipam.TAP_PREFIX} + 10 hex digits")
+        return name
+
+    def check_guest_ip(self, ip: Any) -> str:
+        try:
+            addr = ipaddress.IPv4Address(ip)
+        except ValueError as exc:
+            raise refuse(f"address {ip!r}", "not an IPv4 address") from exc
+        if addr not in self.cidr or addr in (self.cidr.network_address, self.cidr.broadcast_address) \
+                or str(addr) == self.bridge_ip:
+            raise refuse(f"address {ip!r}", f"guest addresses lie inside {self.cidr} (cidr in the config)")
+        return str(addr)
+
+    def check_vm_id(self, vm_id: Any) -> str:
+        if not isinstance(vm_id, str) or not VM_ID_RE.match(vm_id):
+            raise refuse(f"VM id {vm_id!r}", "a VM id is 12 hex digits")
+        return vm_id
+
+    def check_mac(self, mac: Any) -> str:
+        if not isinstance(mac, str) or not MAC_RE.match(mac):
+            raise refuse(f"MAC {mac!r}", "expected six lowercase hex pairs")
+        return mac
+
+    def check_out_iface(self, iface: Any) -> str | None:
+        if iface is not None and (not isinstance(iface, str) or not IFNAME_RE.match(iface)
+                                  or iface == self.bridge or iface.startswith(ipam.TAP_PREFIX)):
+            raise refuse(f"uplink {iface!r}", "name a host interface other than banger's own, or none")
+        return iface
+
+    def check_dm_name(self, name: Any) -> str:
+        if not isinstance(name, str) or not DM_RE.match(name):
+            raise refuse(f"device-mapper name {name!r}", f"banger's are {dm.PREFIX} + 12 hex digits")
+        return name
+
+    def check_state_dir(self, directory: Any) -> Path:
+        if not isinstance(directory, str) or Path(os.path.realpath(directory)) != self.state_dir:
+            raise refuse(f"directory {directory!r}", f"only banger's state dir {self.state_dir}")
+        return self.state_dir
+
+    def check_resolver(self, link: Any, server: Any, domain: Any) -> None:
+        self.check_bridge(link)
+        host, _, _port = str(server).rpartition(":")
+        if server != self.dns_listen or not host or not ipaddress.IPv4Address(host).is_loopback:
+            raise refuse(f"DNS server {server!r}", f"only banger's own loopback server {self.dns_listen!r}")
+        if domain != VM_DOMAIN:
+            raise refuse(f"domain {domain!r}", f"only {VM_DOMAIN!r}")
+
+    def check_sectors(self, sectors: Any) -> int:
+        if not isinstance(sectors, int) or isinstance(sectors, bool) or not 0 < sectors < 1 << 40:
+            raise refuse(f"size {sectors!r}", "a positive number of 512-byte sectors")
+        return sectors
+
+    # --- files and devices --------------------------------------------------------------------------
+
+    def check_backing_fd(self, fd: int, read_only: Any) -> None:
+        """The descriptor is an owner's regular file under the state dir, opened for what is asked."""
+        if not isinstance(read_only, bool):
+            raise refuse(f"read_only={read_only!r}", "true or false")
+        st = os.fstat(fd)
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"a loop device over {where}", "only regular files")
+        real = Path(where)
+        if not real.is_relative_to(self.state_dir):
+            raise refuse(f"a loop device over {where}", f"only files under the state dir {self.state_dir}")
+        if st.st_uid != self.owner_uid:
+            raise refuse(f"a loop device over {where}", f"the file belongs to uid {st.st_uid}, not the owner")
+        try:  # the name must still be this file (not a deleted one whose name now holds another)
+            named = os.stat(real, follow_symlinks=False)
+        except OSError as exc:
+            raise refuse(f"a loop device over {where}", "the file has no name any more") from exc
+        if (named.st_dev, named.st_ino) != (st.st_dev, st.st_ino):
+            raise refuse(f"a loop device over {where}", "the path now names another file")
+        writable = _access_mode(fd) != os.O_RDONLY
+        if not read_only and not writable:
+            raise refuse(f"a writable loop device over {where}", "the descriptor was opened read-only")
+
+    async def check_loop(self, device: Any) -> str:
+        """A loop device whose file lies under the state dir (one the helper attached)."""
+        if not isinstance(device, str) or not loopdev.LOOP_RE.match(device):
+            raise refuse(f"loop device {device!r}", "expected /dev/loopN")
+        backing = await loopdev.backing_file(device)
+        if backing is None or not backing.is_relative_to(self.state_dir):
+            raise refuse(f"loop device {device}", f"only loops over files under {self.state_dir}")
+        return device
+
+
+def _access_mode(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+
+
+def check_args(op: str, args: Any, allowed: set[str]) -> dict[str, Any]:
+    """``args`` is an object whose keys are exactly among ``allowed`` (an unknown key is refused)."""
+    if not isinstance(args, dict):
+        raise refuse(op, "arguments must be an object")
+    extra = sorted(set(args) - allowed)
+    if extra:
+        raise refuse(f"{op} with {', '.join(map(repr, extra))}",
+                     f"{op} takes only {', '.join(sorted(allowed)) or 'no arguments'}")
+    return args
