@@ -61,7 +61,7 @@ class Install:
         return "\n".join(lines) + "\n"
 
 
-def read(path: Path) -> Install | None:
+def read_install(path: Path) -> Install | None:
     """The install recorded at ``path``; None when there is none. A file anyone but root could have written
     is refused: it decides which user the root helper serves."""
     try:
@@ -103,7 +103,7 @@ def client_target(env: dict[str, str] | None = None) -> Target:
     if paths.home_override(env):
         return Target(paths.layout_from_env(env))
     where = paths.install_file(env)
-    inst = read(where)
+    inst = read_install(where)
     if inst is None:
         return Target(paths.layout_from_env(env))
     if os.geteuid() in (0, inst.owner_uid):

@@ -144,7 +144,7 @@ def do_install(owner: str, prefix: Path = Path("/")) -> Written:
     _require_root("install")
     inst = layout_for(prefix, owner)
     record = install_path(inst)
-    existing = install.read(record)
+    existing = install.read_install(record)
     if existing is not None and existing.owner != owner:
         raise Conflict(f"banger is already installed for {existing.owner} ({record})",
                        hint="`banger system uninstall` first (VM data is kept unless --purge)")
@@ -211,7 +211,7 @@ class Status:
 
 
 def status(record: Path) -> Status:
-    inst = install.read(record)
+    inst = install.read_install(record)
     if inst is None:
         return Status(record, None, [], False, False)
     drift = []
@@ -244,7 +244,7 @@ def do_uninstall(record: Path, *, purge: bool) -> list[Path]:
     Refused while the owner daemon still answers and systemd cannot stop it: VMs would be orphaned.
     """
     _require_root("uninstall")
-    inst = install.read(record)
+    inst = install.read_install(record)
     if inst is None:
         raise NotFound(f"no system install recorded at {record}")
     if systemd_running() and inst.units_dir == Path("/etc/systemd/system"):

@@ -45,7 +45,7 @@ async def _serve(cfg: config.Config, layout: paths.Layout, version: str, frame_t
 
 def _system(where: Path) -> tuple[paths.Layout, Privileged]:
     """The owner daemon of a system install: its layout, and bangerd-root for everything that needs root."""
-    inst = install.read(where)
+    inst = install.read_install(where)
     if inst is None:
         raise ConfigError(f"no install record at {where}", hint="run `banger system install --owner USER` as root")
     if os.geteuid() != inst.owner_uid:

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.geteuid() != 0:
             raise PermissionDenied("bangerd-root must run as root", hint="it is started by bangerd-root.service")
         where = args.install or paths.install_file()
-        inst = install.read(where)
+        inst = install.read_install(where)
         if inst is None:
             raise ConfigError(f"no install record at {where}", hint="run `banger system install --owner USER`")
         cfg = _trusted_config(inst.config_file)

@@ -7,4 +7,6 @@
 - ``leaks``        a test run's id, directory and environment; what it left behind; the sweep of killed runs.
 - ``tools``        which host programs banger and its tests run, and whether ``scripts/setup.sh`` installs them.
 - ``repos``        small real git repositories for tests.
+- ``system``       a system install for tests: a test user, `system install --prefix`, both daemons as the
+                   units say (the owner one through setpriv).
 """
