@@ -11,9 +11,11 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 from banger import ipam
 from banger.config import Config
+from banger.errors import DaemonUnavailable
 from banger.host import net, resolved
 from banger.host.privileged import Privileged
 
@@ -33,6 +35,9 @@ class NetworkService:
         self._pool: list[str] = []
         self._pool_lock = asyncio.Lock()  # leaf lock
         self._refill: asyncio.Task[None] | None = None
+        # Releases that could not reach bangerd-root (it was down): retried once it answers again, so a
+        # helper restart leaves no TAP, filter or NAT rule behind. Keyed so a retry is never queued twice.
+        self._pending: dict[str, Callable[[], Awaitable[None]]] = {}
 
     # --- addresses ----------------------------------------------------------------------------------
 
@@ -63,9 +68,28 @@ class NetworkService:
 
     # --- TAPs ---------------------------------------------------------------------------------------
 
+    async def _release(self, key: str, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except DaemonUnavailable:
+            self._pending[key] = step
+            raise
+
+    async def retry_pending(self) -> None:
+        """Run the releases queued while bangerd-root was unreachable (each at most once more per call)."""
+        for key, step in list(self._pending.items()):
+            try:
+                await step()
+            except DaemonUnavailable:
+                return  # still down: keep them all for the next call
+            except Exception:
+                log.warning("a queued release failed", extra={"release": key}, exc_info=True)
+            self._pending.pop(key, None)
+
     async def acquire_tap(self) -> str:
         """A TAP on the bridge for a starting VM: from the warm pool when one is ready."""
         await self.ensure_bridge()
+        await self.retry_pending()
         async with self._pool_lock:
             tap = self._pool.pop() if self._pool else None
         if tap is None or not await net.link_exists(tap):
@@ -75,7 +99,7 @@ class NetworkService:
 
     async def release_tap(self, tap: str) -> None:
         """Delete a VM's TAP (idempotent)."""
-        await self.priv.delete_tap(tap)
+        await self._release(f"tap {tap}", lambda: self.priv.delete_tap(tap))
 
     async def _new_tap(self) -> str:
         name = ipam.tap_name(self.tag, secrets.token_hex(8))
@@ -113,6 +137,7 @@ class NetworkService:
         if self._refill is not None:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
+        await self.retry_pending()
         async with self._pool_lock:
             pool, self._pool = self._pool, []
         for tap in pool:
@@ -127,7 +152,7 @@ class NetworkService:
         await self.priv.add_vm_nat(vm_id, ip, None)
 
     async def remove_nat(self, vm_id: str) -> None:
-        await self.priv.remove_vm_nat(vm_id)
+        await self._release(f"nat {vm_id}", lambda: self.priv.remove_vm_nat(vm_id))
 
     # --- TAP filters (no spoofing between guests) ---------------------------------------------------
 
@@ -135,7 +160,7 @@ class NetworkService:
         await self.priv.add_tap_filter(vm_id, tap, mac, ip)
 
     async def remove_filter(self, vm_id: str) -> None:
-        await self.priv.remove_tap_filter(vm_id)
+        await self._release(f"filter {vm_id}", lambda: self.priv.remove_tap_filter(vm_id))
 
     async def sweep_rules(self, running: set[str]) -> list[str]:
         """Remove NAT rules and TAP filters of VMs that are not running (daemon start); their ids."""

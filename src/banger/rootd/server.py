@@ -186,6 +186,9 @@ class Server:
                 raise PermissionDenied(f"bangerd-root serves root and uid {self.owner_uid} only, not uid {uid}")
             conn.settimeout(READ_TIMEOUT)
             data, fds = await asyncio.to_thread(read_message, conn)
+            if not data and not fds:  # a liveness probe (connect, close): nothing to answer
+                conn.close()
+                return
             try:
                 request = json.loads(data)
             except ValueError as exc:

@@ -69,6 +69,10 @@ class SystemInstall:
         self.record = self.prefix / "etc/banger/install.toml"
         self.env = {**os.environ, "BANGER_INSTALL": str(self.record), "HOME": str(self.prefix)}
         self.env.pop("BANGER_HOME", None)
+        tool_log = os.environ.get("BANGER_TOOL_LOG")
+        if tool_log:  # the run records every program its processes resolve, the owner's included
+            Path(tool_log).touch()
+            os.chmod(tool_log, 0o666)
         self.helper: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
 
