@@ -9,6 +9,10 @@ Map of the package (a request reads top to bottom):
 - ``errors``    the exception tree and its JSON-RPC codes.
 - ``config`` / ``paths``   the only readers of the environment.
 - ``daemon``    ``bangerd``: composition root, the RPC table, services, locks, operations.
+- ``rootd``     ``bangerd-root``: a system install's root helper, a fixed list of checked operations.
+- ``install`` / ``sysinstall``   ``install.toml`` (the owner, the directories, which daemon a CLI uses);
+                ``banger system install|status|restart|uninstall`` and the two units.
+- ``buildinfo`` version, commit and build date for ``banger version``.
 - ``store``     SQLite state with versioned migrations.
 - ``host``      adapters for external systems (subprocesses, VMMs, network, storage).
 - ``guest``     talking to guests: SSH with pinned host keys, work-disk provisioning, listening ports.

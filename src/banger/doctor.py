@@ -162,9 +162,46 @@ def check_vm_names(cfg: Config) -> Check:
                 required=False)
 
 
+def check_mode() -> list[Check]:
+    """How banger runs here: a system install (and its drift), single-process as root, or not usable yet."""
+    from banger import paths, sysinstall
+
+    if paths.home_override():
+        return [_ok("mode", f"single-process in BANGER_HOME={os.environ.get('BANGER_HOME')}")]
+    try:
+        st = sysinstall.status(paths.install_file())
+    except BangerError as exc:
+        return [_bad("mode", exc.message, exc.hint or "reinstall: banger system install --owner USER")]
+    if st.inst is None:
+        if os.geteuid() == 0:
+            return [_ok("mode", "single-process as root (no system install)")]
+        return [_bad("mode", f"uid {os.geteuid()} has no banger: there is no system install ({st.record})",
+                     f"as root: banger system install --owner {_user_name()}")]
+    inst = st.inst
+    checks = [_ok("mode", f"system install for {inst.owner} (uid {inst.owner_uid}), {st.record}")]
+    checks.append(_ok("install drift", "units and install.toml match this banger") if not st.drift else
+                  _bad("install drift", "; ".join(st.drift), f"as root: banger system install --owner {inst.owner}",
+                       required=False))
+    for name, up, unit in (("bangerd-root", st.helper_up, sysinstall.ROOT_UNIT),
+                           ("bangerd", st.daemon_up, sysinstall.OWNER_UNIT)):
+        checks.append(_ok(name, "answering") if up else
+                      _bad(name, "not answering", f"systemctl start {unit}", required=False))
+    return checks
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return "USER"
+
+
 def run_checks(cfg: Config, layout: Layout) -> list[Check]:
     """Every check, in the order shown."""
     checks: list[Callable[[], Check | list[Check]]] = [
+        check_mode,
         check_arch,
         check_kvm,
         lambda: check_firecracker(cfg),

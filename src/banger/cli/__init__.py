@@ -9,6 +9,8 @@
 - ``vm_run``    ``vm run | ssh | exec | ports``: into guests with the system ssh and banger's key.
 - ``workspace`` ``vm workspace prepare | export``: a repo into the guest, its changes back as a patch.
 - ``ssh_config``  ``banger ssh-config [--install|--uninstall]``.
+- ``system``    ``banger system install|status|restart|uninstall`` (see banger.sysinstall).
+- ``completion``  ``banger completion bash|zsh|fish`` and live VM/image/kernel names for it.
 """
 
 from banger.cli.main import main

@@ -7,7 +7,7 @@ import os
 import click
 
 from banger import api
-from banger.cli import params, render
+from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
 from banger.model import Operation
@@ -55,7 +55,7 @@ def image_list(ctx: Context, as_json: bool) -> None:
 
 
 @image.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.images)
 @json_option
 @pass_ctx
 def image_show(ctx: Context, name: str, as_json: bool) -> None:
@@ -96,7 +96,7 @@ def image_pull(ctx: Context, source: str, name: str | None, sha256: str | None, 
 
 
 @image.command("export")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.images)
 @click.option("-o", "--output", required=True, type=params.TEXT, help="Bundle file to write, or a directory.")
 @json_option
 @pass_ctx
@@ -111,7 +111,7 @@ def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
 
 
 @image.command("register")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.images)
 @click.option("--rootfs", required=True, type=existing_file, help="An ext4 root filesystem image.")
 @click.option("--kernel-ref", type=params.KERNEL_NAME, help="Kernel to boot it with (installed or in the catalog).")
 @click.option("--kernel", type=existing_file, help="A vmlinux to import as kernel NAME.")
@@ -127,7 +127,7 @@ def image_register(ctx: Context, name: str, rootfs: str, kernel_ref: str | None,
 
 
 @image.command("promote")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.images)
 @pass_ctx
 def image_promote(ctx: Context, name: str) -> None:
     """Make image NAME the default for new VMs."""
@@ -136,7 +136,7 @@ def image_promote(ctx: Context, name: str) -> None:
 
 
 @image.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.images)
 @pass_ctx
 def image_delete(ctx: Context, name: str) -> None:
     """Delete image NAME (refused while a VM uses it)."""

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from banger.cli import params, render
+from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
 
@@ -38,7 +38,7 @@ def kernel_list(ctx: Context, available: bool, as_json: bool) -> None:
 
 
 @kernel.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.kernels)
 @json_option
 @pass_ctx
 def kernel_show(ctx: Context, name: str, as_json: bool) -> None:
@@ -76,7 +76,7 @@ def kernel_import(ctx: Context, name: str, vmlinux: str, initrd: str | None) -> 
 
 
 @kernel.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.kernels)
 @pass_ctx
 def kernel_rm(ctx: Context, name: str) -> None:
     """Remove kernel NAME (refused while a VM boots it)."""

@@ -47,8 +47,21 @@ def cli(ctx: click.Context) -> None:
     ctx.call_on_close(state.close)
 
 
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def version(as_json: bool) -> None:
+    """banger's version, the commit it was built from and when."""
+    from banger import buildinfo
+
+    info = buildinfo.read()
+    if as_json:
+        render.as_json(info)
+    else:
+        render.fields([("version", info["version"]), ("commit", info["commit"]), ("built", info["build_date"])])
+
+
 def _register() -> None:
-    from banger.cli import daemon, doctor, image, kernel, ssh_config, system, vm, vm_run, workspace  # noqa: F401  (vm_run, workspace add to vm)
+    from banger.cli import completion, daemon, doctor, image, kernel, ssh_config, system, vm, vm_run, workspace  # noqa: F401  (vm_run, workspace add to vm)
 
     cli.add_command(vm.vm)
     cli.add_command(vm.ps)
@@ -58,6 +71,8 @@ def _register() -> None:
     cli.add_command(doctor.doctor)
     cli.add_command(ssh_config.ssh_config)
     cli.add_command(system.system)
+    cli.add_command(completion.completion)
+    cli.add_command(version)
 
 
 _register()

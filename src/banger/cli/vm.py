@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from banger.api import VMSet
-from banger.cli import params, render
+from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.model import VM
 
@@ -49,7 +49,7 @@ def ps(click_ctx: click.Context, as_json: bool) -> None:
 
 
 @vm.command("show")
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.vms)
 @json_option
 @pass_ctx
 def vm_show(ctx: Context, ref: str, as_json: bool) -> None:
@@ -136,7 +136,7 @@ def _fan_out(ctx: Context, action: str, refs: tuple[str, ...], as_json: bool) ->
 
 def _action(name: str, help_text: str) -> None:
     @vm.command(name, help=help_text)
-    @click.argument("refs", nargs=-1, required=True)
+    @click.argument("refs", nargs=-1, required=True, shell_complete=completion.vms)
     @json_option
     @pass_ctx
     def command(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:
@@ -166,7 +166,7 @@ def vm_prune(ctx: Context, force: bool) -> None:
 
 
 @vm.command("set")
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.vms)
 @click.option("--vcpu", type=params.field_range(VMSet, "vcpu"), help="Virtual CPUs (applies at next start).")
 @click.option("--memory", "memory_mib", type=params.field_range(VMSet, "memory_mib"),
               help="Memory in MiB (applies at next start).")
@@ -185,7 +185,7 @@ def vm_set(ctx: Context, ref: str, as_json: bool, **opts: object) -> None:
 
 
 @vm.command("logs")
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.vms)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new console output.")
 @click.option("--raw", is_flag=True, help="Print escape sequences and control characters as the guest wrote them.")
 @pass_ctx
@@ -213,7 +213,7 @@ def vm_logs(ctx: Context, ref: str, follow: bool, raw: bool) -> None:
 
 
 @vm.command("stats")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=completion.vms)
 @json_option
 @pass_ctx
 def vm_stats(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from banger.api import VMConnectInfo
-from banger.cli import render, workspace
+from banger.cli import completion, render, workspace
 from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import _create_options, create_vm, json_option, vm
 from banger.config import parse_size
@@ -133,7 +133,7 @@ def _delete_uninterruptibly(ctx: Context, name: str) -> None:
 
 
 @vm.command("ssh", cls=DashDash)
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.vms)
 @pass_ctx
 def vm_ssh(ctx: Context, ref: str) -> None:
     """Open a shell in a VM, or run the command after `--` there (exit status passes through)."""
@@ -141,7 +141,7 @@ def vm_ssh(ctx: Context, ref: str) -> None:
 
 
 @vm.command("exec", cls=DashDash)
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.vms)
 @pass_ctx
 def vm_exec(ctx: Context, ref: str) -> None:
     """Run the command after `--` in a VM (in its workspace directory, if any); exit with its status."""
@@ -153,7 +153,7 @@ def vm_exec(ctx: Context, ref: str) -> None:
 
 
 @vm.command("ports")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=completion.vms)
 @json_option
 @pass_ctx
 def vm_ports(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:

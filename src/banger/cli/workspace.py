@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from banger import api
-from banger.cli import params, render
+from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import json_option, vm
 from banger.client import Client
@@ -40,7 +40,7 @@ def print_prepared(result: api.WorkspacePrepareResult) -> None:
 
 
 @workspace.command("prepare")
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.vms)
 @click.argument("path", type=click.Path(file_okay=True, dir_okay=True))
 @click.option("--mode", type=params.WORKSPACE_MODE, default="shallow", show_default=True,
               help="shallow: only HEAD's commit; full_copy: the whole .git (submodules allowed).")
@@ -74,7 +74,7 @@ def _print_dry_run(result: api.WorkspacePrepareResult) -> None:
 
 
 @workspace.command("export")
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.vms)
 @click.option("--base-commit", type=params.TEXT, help="Diff against this commit (default: the prepared HEAD).")
 @click.option("-o", "--output", type=params.File(dir_okay=False, writable=True),
               help="Write the patch here instead of stdout.")

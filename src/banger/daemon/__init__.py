@@ -2,7 +2,9 @@
 
 Modules:
 
-- ``main``        entry point: config, instance lock (``run/bangerd.lock``), signals, serve.
+- ``main``        entry point: config, instance lock (``run/bangerd.lock``), signals, serve; ``--install PATH``
+                  serves a system install as its owner over bangerd-root (``host.privileged.RemotePrivileged``);
+                  ``--check-migrations`` exits 0/1/2 (current / would migrate / newer than this version).
 - ``app``         the composition root ``Daemon.open(config, layout)``: builds store, services, server;
                   ``dispatch`` validates params against the METHODS table.
 - ``methods``     the whole RPC surface in one table: name -> (params model, handler).
@@ -26,7 +28,8 @@ Modules:
                   while running: the dead-VMM watcher and the stale reaper.
 - ``sweep``       the start-up sweep of what a crashed daemon left: orphaned VMMs, NAT rules and TAP
                   filters of VMs not running, unused dm/loop devices, staging and scratch directories.
-- ``network``     NetworkService: bridge, warm TAP pool (leaf lock), guest IPs, per-VM NAT.
+- ``network``     NetworkService: bridge, warm TAP pool (leaf lock), guest IPs, per-VM NAT; releases that
+                  could not reach bangerd-root are queued and retried at the next acquire and at close.
 - ``runtime``     RuntimeService: auto|firecracker|qemu from the cached KVM boot probe; VMM drivers.
 - ``workspace_service``  WorkspaceService: ``vm.workspace.prepare`` (host repo -> one tar over SSH -> guest
                   git repo whose HEAD is the host's) and ``vm.workspace.export`` (one binary patch via a
@@ -40,7 +43,8 @@ Modules:
 Services and what they own: KernelService (kernels dir + table, kernel lock), ImageService (images dir +
 table, image lock), VMService (VM rows + dirs, per-VM lock, create lock), NetworkService (bridge, TAP pool,
 NAT rules, TAP filters), RuntimeService (probe lock). Every root-only host change goes through
-``host.privileged``.
+``host.privileged``, which the composition root hands to every service that needs it (storage included):
+in process when bangerd is root, bangerd-root when it serves a system install as the owner.
 
 Lock ordering (always acquire left to right, never hold a right-hand lock while taking a left-hand one):
 

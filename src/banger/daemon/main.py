@@ -28,7 +28,32 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frame-timeout", type=float, default=FRAME_TIMEOUT, help=argparse.SUPPRESS)
     parser.add_argument("--install", type=Path, default=None,
                         help="serve the system install recorded in this install.toml (bangerd.service)")
+    parser.add_argument("--check-migrations", action="store_true",
+                        help="exit 0 if state.db is current, 1 if this version would migrate it, 2 if it is "
+                             "newer than this version understands (before an upgrade or a restart)")
     return parser.parse_args(argv)
+
+
+def check_migrations(layout: paths.Layout) -> int:
+    """0 compatible, 1 migrations needed, 2 incompatible (written by a newer banger), read-only."""
+    from banger.store import db
+
+    if not layout.db.exists():
+        print(f"bangerd: no state database at {layout.db} yet (it is created at the first start)")
+        return 0
+    conn = db.open_readonly(layout.db)
+    try:
+        have = db.schema_version(conn)
+    finally:
+        conn.close()
+    if have > db.LATEST:
+        print(f"bangerd: {layout.db} has schema {have}, newer than this version's {db.LATEST}: incompatible")
+        return 2
+    if have < db.LATEST:
+        print(f"bangerd: {layout.db} has schema {have}; starting this version migrates it to {db.LATEST}")
+        return 1
+    print(f"bangerd: {layout.db} has schema {have}, current")
+    return 0
 
 
 async def _serve(cfg: config.Config, layout: paths.Layout, version: str, frame_timeout: float,
@@ -64,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     priv: Privileged | None = None
     try:
+        if args.check_migrations:  # read-only: root or the owner may ask, before a restart or upgrade
+            inst = install.read_install(args.install) if args.install else None
+            return check_migrations(inst.layout if inst else paths.layout_from_env())
         if args.install is not None:
             layout, priv = _system(args.install)
         else:

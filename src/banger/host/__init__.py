@@ -11,7 +11,8 @@
 - ``loopdev``      loop devices (losetup): attach ro/rw, detach, find, list banger's.
 - ``dm``           device-mapper snapshots (dmsetup) for ``banger-*`` devices, availability check.
 - ``storage``      per-VM disks: copy-on-write root disk (dm/qcow2/reflink/sparse copy), work disk.
-- ``privileged``   the one seam for root-only operations (Protocol + in-process LocalPrivileged).
+- ``privileged``   the one seam for root-only operations (Protocol; LocalPrivileged in process, as root;
+                   RemotePrivileged asks bangerd-root over its socket, loop files as SCM_RIGHTS descriptors).
 - ``vmm``          the VMM interface (LaunchSpec, Handle, VMM protocol, driver_for) + shared process plumbing.
 - ``firecracker``  Firecracker driver: API-socket configuration, InstanceStart, Ctrl-Alt-Del stop, versions.
 - ``qemu``         QEMU ``-M microvm`` driver (KVM or TCG), controlled over QMP.
