@@ -2,6 +2,8 @@
 # Set up a Debian 12 host for banger (as root): host packages, a virtual environment in .venv, the package.
 #   scripts/setup.sh          runtime set-up
 #   scripts/setup.sh --test   also the test tools (pytest, ruff, mypy)
+#   scripts/setup.sh --firecracker   also Firecracker v1.12.1 from its official release (sha256-pinned), for
+#                             hosts whose KVM can boot guests (Debian 12 has no package)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +17,7 @@ PACKAGES=(
 TEST_PACKAGES=(skopeo docker-registry openssh-server cpio procps)
 
 want=("${PACKAGES[@]}")
-[[ "${1:-}" == "--test" ]] && want+=("${TEST_PACKAGES[@]}")
+[[ " $* " == *" --test "* ]] && want+=("${TEST_PACKAGES[@]}")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,9 +37,12 @@ done
 PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
-if [[ "${1:-}" == "--test" ]]; then
+if [[ " $* " == *" --test "* ]]; then
   .venv/bin/pip install -q -e '.[test]'
 else
   .venv/bin/pip install -q -e .
 fi
 echo "setup: banger $(.venv/bin/banger --version | awk '{print $NF}') installed in $(pwd)/.venv" >&2
+if [[ " $* " == *" --firecracker "* ]]; then
+  .venv/bin/python -m banger.host.firecracker_release --dest /usr/local/bin/firecracker
+fi

@@ -16,6 +16,7 @@ Example (all values shown are the defaults)::
     auto_stop_stale_after = "0"        # e.g. "8h"; 0 disables the stale reaper
     ssh_key_path = ""                  # default: <state>/ssh/id_ed25519
     ssh_ready_timeout = "90s"          # how long a starting VM's sshd may take to answer
+    kvm_probe_timeout = "8s"           # how long the Firecracker boot probe may take (nested KVM: ~20s)
     debian_mirror = "http://deb.debian.org/debian"   # kernels, busybox and golden images come from here
     dns_listen = "127.0.0.1:42069"     # the daemon's DNS server for <name>.vm; "" turns it off
 
@@ -121,6 +122,7 @@ class Config(_Strict):
     auto_stop_stale_after: str = "0"
     ssh_key_path: str = ""
     ssh_ready_timeout: str = "90s"
+    kvm_probe_timeout: str = "8s"
     dns_listen: str = Field("127.0.0.1:42069", pattern=r"^$|^\d+\.\d+\.\d+\.\d+:\d{1,5}$")
     debian_mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://\S+$")
     vm_defaults: VMDefaults = VMDefaults()
@@ -140,7 +142,7 @@ class Config(_Strict):
             raise ValueError("network is too small; use a /29 or larger")
         return v
 
-    @field_validator("auto_stop_stale_after", "ssh_ready_timeout")
+    @field_validator("auto_stop_stale_after", "ssh_ready_timeout", "kvm_probe_timeout")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
@@ -155,6 +157,10 @@ class Config(_Strict):
     @property
     def ready_timeout_seconds(self) -> int:
         return parse_duration(self.ssh_ready_timeout)
+
+    @property
+    def probe_timeout_seconds(self) -> int:
+        return max(1, parse_duration(self.kvm_probe_timeout))
 
     @property
     def stale_after_seconds(self) -> int:

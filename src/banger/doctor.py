@@ -55,7 +55,8 @@ def parse_firecracker_version(text: str) -> tuple[int, int, int] | None:
 
 def check_firecracker(cfg: Config) -> Check:
     path = which(cfg.firecracker_bin) if not os.path.isabs(cfg.firecracker_bin) else cfg.firecracker_bin
-    fix = "install Firecracker 1.8-1.x and set firecracker_bin in config.toml; without it banger uses QEMU"
+    fix = ("`scripts/setup.sh --firecracker` installs the pinned official v1.12.1 (or set firecracker_bin to a "
+           "1.8-1.x binary); without it banger uses QEMU")
     if not path or not os.access(path, os.X_OK):
         return _bad("firecracker", f"{cfg.firecracker_bin!r} not found", fix, required=False)
     try:

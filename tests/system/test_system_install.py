@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from banger.testing.netns import NetNS
@@ -132,14 +133,27 @@ def _run(sysi: SystemInstall, ns: NetNS, uid: int, gid: int, cache: Path) -> Non
     assert sysi.cli("vm", "exec", "ws", "--", "cat /root/repo/src/a.py", check=True).stdout.endswith("changed\n")
     sysi.cli("vm", "delete", "ws", check=True, timeout=300)
 
-    # The helper killed: a create fails with a clear error and leaves nothing; the owner daemon needs no
-    # restart once the helper is back.
+    # The helper dies with a create's request in hand (stopped, so the request waits in its socket, then
+    # killed): the create fails naming bangerd-root and leaves no VM, process or file; what it could not
+    # release without the helper (the TAP it took) goes at the next create, with no daemon restart.
+    log = inst.state_dir / "bangerd.log"
+    seen = log.read_text().count('"stage": "network"')
+    os.kill(sysi.helper.pid, signal.SIGSTOP)
+    creating = sysi.cli_background("vm", "create", "--name", "nohelper")
+    deadline = time.monotonic() + 120
+    while log.read_text().count('"stage": "network"') == seen and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
     sysi.stop(sysi.helper, signal.SIGKILL)
-    failed = sysi.cli("vm", "create", "--name", "nohelper", timeout=300)
-    assert failed.returncode != 0 and "bangerd-root is not answering" in failed.stderr, failed.stderr
+    _out, err = creating.communicate(timeout=300)
+    assert creating.returncode != 0 and "bangerd-root closed the connection" in err, err
     assert "nohelper" not in sysi.cli("vm", "list", check=True).stdout
     assert not _processes_of(uid, "qemu-system-x86")
     assert not any((inst.state_dir / "vms").iterdir())
+    # With the helper still gone, a create fails at once and says what to do.
+    failed = sysi.cli("vm", "create", "--name", "nohelper", timeout=300)
+    assert failed.returncode != 0 and "bangerd-root is not answering" in failed.stderr, failed.stderr
+    assert "systemctl start bangerd-root" in failed.stderr
     sysi.start_helper()
     ran = sysi.cli("vm", "run", "--rm", "--", "true", timeout=600)
     assert ran.returncode == 0, ran.stderr

@@ -40,7 +40,7 @@ class RuntimeService:
             return kvm_probe.ProbeResult(False, f"Firecracker ({self.config.firecracker_bin}) is not installed")
         async with self._probe_lock:
             return await kvm_probe.probe_kvm_boot(self.config.firecracker_bin, kernel, initrd,
-                                                  self.layout.cache_dir)
+                                                  self.layout.cache_dir, self.config.probe_timeout_seconds)
 
     async def choose(self, requested: str, kernel: Path, initrd: Path) -> Choice:
         """The runtime for a VM asked to run with ``requested``; never silently weaker than asked."""

@@ -16,6 +16,7 @@
 - ``vmm``          the VMM interface (LaunchSpec, Handle, VMM protocol, driver_for) + shared process plumbing.
 - ``firecracker``  Firecracker driver: API-socket configuration, InstanceStart, Ctrl-Alt-Del stop, versions.
 - ``qemu``         QEMU ``-M microvm`` driver (KVM or TCG), controlled over QMP.
+- ``firecracker_release``  install the official v1.12.1 binary (sha256-pinned) from its release tarball.
 - ``kvm_probe``    cached Firecracker boot probe and ``select_runtime`` (auto / firecracker / qemu).
 - ``resolved``     route ``*.vm`` on the bridge link to banger's DNS server via systemd-resolved (resolvectl).
 """

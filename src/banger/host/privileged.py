@@ -178,6 +178,9 @@ class RemotePrivileged:
                                     hint="see `banger system status`; the helper may have been restarted") from exc
         finally:
             sock.close()
+        if not reply:  # the helper died (or was restarted) with our request in hand
+            raise DaemonUnavailable(f"bangerd-root closed the connection during {op} without answering",
+                                    hint="see `banger system status`; the helper may have been restarted")
         try:
             doc = json.loads(reply)
         except ValueError as exc:

@@ -29,6 +29,7 @@ import shutil
 import tarfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from banger.errors import HostError, IntegrityError
@@ -125,12 +126,12 @@ def _files_digest() -> list[tuple[str, str, str, int]]:
     ]
 
 
-def inputs_hash(mirror: str) -> str:
+def inputs_hash(mirror: str, extra_packages: Sequence[str] = ()) -> str:
     """sha256 over everything that decides the build's output: recipe, packages, files, mirror, mise."""
     doc = {
         "recipe": RECIPE_VERSION,
         "suite": SUITE,
-        "packages": PACKAGES,
+        "packages": PACKAGES + tuple(extra_packages) if extra_packages else PACKAGES,
         "dpkg": DPKG_EXCLUDES,
         "sources": sources(mirror),
         "files": _files_digest(),
@@ -142,10 +143,10 @@ def inputs_hash(mirror: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def mmdebstrap_argv(tree: Path, mirror: str) -> list[str]:
+def mmdebstrap_argv(tree: Path, mirror: str, extra_packages: Sequence[str] = ()) -> list[str]:
     """The mmdebstrap command line that bootstraps the tree."""
     argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory"]
-    argv += [f"--include={','.join(PACKAGES)}", '--aptopt=Acquire::Retries "3"']
+    argv += [f"--include={','.join((*PACKAGES, *extra_packages))}", '--aptopt=Acquire::Retries "3"']
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     return [*argv, SUITE, str(tree), *sources(mirror)]
 
@@ -241,13 +242,14 @@ async def _make_images(stage: Path, tree: Path, seed: Path, reporter: Reporter) 
     )
 
 
-async def _build_entry(entry: Path, mirror: str, cache_dir: Path, reporter: Reporter) -> None:
+async def _build_entry(entry: Path, mirror: str, cache_dir: Path, reporter: Reporter,
+                       extra_packages: Sequence[str] = ()) -> None:
     started = time.monotonic()
     mise = await fetch_mise(cache_dir / "downloads", reporter)
     async with staging(entry) as stage:
         tree, seed = stage / "tree", stage / "seed"
         reporter.stage(f"bootstrapping debian {SUITE} (mmdebstrap)")
-        await run([*PRIVATE_MOUNTS, *mmdebstrap_argv(tree, mirror)], timeout=MMDEBSTRAP_TIMEOUT)
+        await run([*PRIVATE_MOUNTS, *mmdebstrap_argv(tree, mirror, extra_packages)], timeout=MMDEBSTRAP_TIMEOUT)
         reporter.stage("customising the tree")
         await _customise(tree, seed, mise)
         packages = await installed_packages(tree)
@@ -257,7 +259,7 @@ async def _build_entry(entry: Path, mirror: str, cache_dir: Path, reporter: Repo
         extra = {
             "suite": SUITE,
             "mirror": mirror,
-            "packages": list(PACKAGES),
+            "packages": [*PACKAGES, *extra_packages],
             "installed": packages,
             "inputs_hash": entry.name,
             "recipe_version": RECIPE_VERSION,
@@ -328,14 +330,17 @@ async def build_golden(
     cache_dir: Path,
     reporter: Reporter,
     force: bool = False,
+    extra_packages: Sequence[str] = (),
 ) -> ImageManifest:
     """Build (or reuse from ``cache_dir``) the golden image and write it to ``dest``, which must not exist.
 
     ``dest`` receives ``rootfs.ext4``, ``work-seed.ext4`` and ``manifest.json``; ``force`` rebuilds even
     when a cached build with the same inputs exists. Nothing is left at ``dest`` on failure.
+    ``extra_packages`` makes a variant (e.g. a KVM host with qemu-system-x86 for the nested test tier); give
+    it a ``cache_dir`` of its own, as a build prunes the other builds in its cache.
     """
     validate_name("image", name)
-    entry = cache_dir / "golden" / inputs_hash(mirror)
+    entry = cache_dir / "golden" / inputs_hash(mirror, extra_packages)
     if force or not _cached(entry):
         await _drop(entry)
     if _cached(entry):
@@ -343,7 +348,7 @@ async def build_golden(
     else:
         _require_root()
         try:
-            await _build_entry(entry, mirror, cache_dir, reporter)
+            await _build_entry(entry, mirror, cache_dir, reporter, extra_packages)
         except HostError as exc:
             exc.hint = exc.hint or f"check that the Debian mirror {mirror} is reachable and complete"
             raise

@@ -102,6 +102,12 @@ class SystemInstall:
         """``banger ARGS`` as the owner (inside the namespace unless ``netns=False``)."""
         return self._cli(list(args), as_owner=True, check=check, timeout=timeout, cwd=cwd, netns=netns)
 
+    def cli_background(self, *args: str) -> subprocess.Popen[str]:
+        """``banger ARGS`` as the owner inside the namespace, not waited for (fault tests)."""
+        argv = self._wrap(self._as_owner([sys.executable, "-m", "banger.cli", *args]), self.netns)
+        return subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, cwd=self.prefix)
+
     def _cli(self, args: list[str], *, as_owner: bool, check: bool, timeout: float, cwd: Path | None = None,
              netns: str | None | bool = True) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "banger.cli", *args]

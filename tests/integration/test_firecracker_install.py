@@ -1,0 +1,79 @@
+"""`scripts/setup.sh --firecracker`'s installer against release tarballs served on loopback: the official
+layout with the pinned binary installs; a tampered binary or a wrong layout installs nothing."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from banger.host import firecracker_release as release
+from banger.testing.firecracker import firecracker_binary
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = http.server.SimpleHTTPRequestHandler
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _tarball(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _install(url: str, dest: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "banger.host.firecracker_release", "--url", url, "--dest", str(dest)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_official_layout_with_the_pinned_binary_installs(served: tuple[Path, str], tmp_path: Path,
+                                                             banger_test_cache: Path) -> None:
+    root, base = served
+    binary = firecracker_binary(banger_test_cache).read_bytes()
+    _tarball(root / "fc.tgz", {release.MEMBER: binary, f"release-v{release.VERSION}-x86_64/jailer": b"jail"})
+    dest = tmp_path / "bin/firecracker"
+    proc = _install(f"{base}/fc.tgz", dest)
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == binary and dest.stat().st_mode & 0o777 == 0o755
+    assert subprocess.run([str(dest), "--version"], capture_output=True, text=True).stdout.startswith(
+        f"Firecracker v{release.VERSION}")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["firecracker"]  # no staging left
+
+
+@pytest.mark.parametrize("case", ["tampered", "wrong layout", "not a tarball", "missing"])
+def test_anything_else_installs_nothing(served: tuple[Path, str], tmp_path: Path, case: str) -> None:
+    root, base = served
+    if case == "tampered":
+        _tarball(root / "fc.tgz", {release.MEMBER: b"#!/bin/sh\necho owned\n"})
+    elif case == "wrong layout":
+        _tarball(root / "fc.tgz", {"firecracker": b"x"})
+    elif case == "not a tarball":
+        (root / "fc.tgz").write_bytes(b"<html>not found</html>")
+    dest = tmp_path / "bin/firecracker"
+    proc = _install(f"{base}/fc.tgz", dest)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("firecracker: "), proc.stderr
+    if case == "tampered":
+        assert "not the pinned" in proc.stderr
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
