@@ -45,7 +45,6 @@ def ask(sysi: SystemInstall, op: str, fds: tuple[int, ...] = (), **args: Any) ->
 
 PROBE = """
 import json, socket, sys
-from banger.host.privileged import read_message
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(sys.argv[1])
@@ -57,7 +56,9 @@ print(json.dumps({"reply": s.recv(65536).decode(errors="replace")}))
 
 
 def probe_as(uid: int, sock: Path, payload: str) -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(sock), payload], user=uid, group=uid, extra_groups=[],
+    # Only the standard library: Debian's own interpreter, which any user may run (a venv's may not be).
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    out = subprocess.run([python, "-c", PROBE, str(sock), payload], user=uid, group=uid, extra_groups=[],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     return json.loads(out)
 
@@ -129,7 +130,16 @@ def test_helper_refuses_a_descriptor_of_a_file_outside_the_state_dir(system: Sys
     fd = os.open("/etc/shadow", os.O_RDONLY)
     try:
         with pytest.raises(PermissionDenied, match="only files under the state dir"):
-            ask(system, "attach_loop", (fd,), read_only=True)
+            ask(system, "attach_loop", (fd,), read_only=True, path="/etc/shadow")
+        # Nor does naming a file under the state dir help: the claim must be the descriptor's own file.
+        decoy = system.inst.state_dir / "decoy.img"
+        decoy.write_bytes(b"\0" * 4096)
+        os.chown(decoy, system.inst.owner_uid, system.inst.owner_gid)
+        try:
+            with pytest.raises(PermissionDenied, match="not that file"):
+                ask(system, "attach_loop", (fd,), read_only=True, path=str(decoy))
+        finally:
+            decoy.unlink()
     finally:
         os.close(fd)
 
@@ -155,7 +165,7 @@ def test_helper_refuses_a_writable_loop_over_a_read_only_descriptor(system: Syst
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(PermissionDenied, match="opened read-only"):
-            ask(system, "attach_loop", (fd,), read_only=False)
+            ask(system, "attach_loop", (fd,), read_only=False, path=str(path))
     finally:
         os.close(fd)
         path.unlink()
@@ -168,7 +178,7 @@ def test_helper_attaches_an_owner_file_passed_as_a_descriptor_and_makes_owner_ta
     os.chown(path, inst.owner_uid, inst.owner_gid)
     fd = os.open(path, os.O_RDONLY)
     try:
-        device = ask(system, "attach_loop", (fd,), read_only=True)
+        device = ask(system, "attach_loop", (fd,), read_only=True, path=str(path))
     finally:
         os.close(fd)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,41 @@ async def find(backing_file: Path) -> list[LoopDevice]:
 
 
 async def list_under(directory: Path) -> list[LoopDevice]:
-    """Loop devices whose backing file lives under ``directory`` (banger's state dir)."""
+    """Loop devices whose backing file lives under ``directory`` (banger's state dir): by inode, as the
+    kernel's path depends on who asks (chroots, bind mounts), or by path for a file deleted since."""
     root = _resolve(directory)
-    return [d for d in await list_all() if d.backing_file.is_relative_to(root)]
+    files = file_identities(directory)
+    result = await run(["losetup", "--json", "--list", "-O", "NAME,BACK-FILE,RO,BACK-INO,BACK-MAJ:MIN"])
+    found = []
+    for r in json.loads(result.out or "{}").get("loopdevices", []):
+        dev = LoopDevice(r["name"], _backing(r.get("back-file")), _truthy(r["ro"]))
+        if _identity(r) in files or dev.backing_file.is_relative_to(root):
+            found.append(dev)
+    return found
+
+
+def _identity(row: dict[str, object]) -> tuple[int, int, int] | None:
+    if not row.get("back-ino") or not row.get("back-maj:min"):
+        return None
+    major, minor = str(row["back-maj:min"]).split(":")
+    return int(major), int(minor), int(str(row["back-ino"]))
+
+
+def file_identities(directory: Path, depth: int = 4) -> set[tuple[int, int, int]]:
+    """(major, minor, inode) of the regular files under ``directory``, ``depth`` levels down at most."""
+    found: set[tuple[int, int, int]] = set()
+    base = len(directory.parts)
+    for root, dirs, files in os.walk(directory):
+        if len(Path(root).parts) - base >= depth:
+            dirs[:] = []
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name), follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
+    return found
 
 
 async def attach(path: Path, *, read_only: bool) -> str:
@@ -92,6 +125,20 @@ async def backing_file(device: str) -> Path | None:
     for d in await list_all():
         if d.device == device:
             return d.backing_file
+    return None
+
+
+async def backing_identity(device: str) -> tuple[int, int, int] | None:
+    """(major, minor, inode) of the file behind loop ``device``; None when it is not attached.
+
+    An identity, not a path: the kernel's path for a backing file depends on who asks (chroots, bind
+    mounts), its inode does not.
+    """
+    _check_device(device)
+    result = await run(["losetup", "--json", "--list", "-O", "NAME,BACK-INO,BACK-MAJ:MIN"])
+    for r in json.loads(result.out or "{}").get("loopdevices", []):
+        if r["name"] == device:
+            return _identity(r)
     return None
 
 

@@ -225,7 +225,7 @@ class RemotePrivileged:
     async def attach_loop(self, path: Path, read_only: bool) -> str:
         fd = open_backing(path, read_only)
         try:
-            return str(await self.call("attach_loop", (fd,), read_only=read_only))
+            return str(await self.call("attach_loop", (fd,), read_only=read_only, path=str(path.absolute())))
         finally:
             os.close(fd)
 

@@ -108,37 +108,46 @@ class Policy:
 
     # --- files and devices --------------------------------------------------------------------------
 
-    def check_backing_fd(self, fd: int, read_only: Any) -> None:
-        """The descriptor is an owner's regular file under the state dir, opened for what is asked."""
+    def check_backing_fd(self, fd: int, read_only: Any, path: Any) -> None:
+        """The descriptor is an owner's regular file under the state dir, opened for what is asked.
+
+        ``path`` is the caller's claim of where the file is; it counts only because it names the very inode
+        the descriptor holds (what is attached is the descriptor itself, so the name cannot be swapped).
+        """
         if not isinstance(read_only, bool):
             raise refuse(f"read_only={read_only!r}", "true or false")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise refuse(f"a loop device over {path!r}", "name the descriptor's file by its absolute path")
         st = os.fstat(fd)
-        where = os.readlink(f"/proc/self/fd/{fd}")
         if not stat.S_ISREG(st.st_mode):
-            raise refuse(f"a loop device over {where}", "only regular files")
-        real = Path(where)
+            raise refuse(f"a loop device over {path}", "only regular files")
+        real = Path(os.path.realpath(path))
         if not real.is_relative_to(self.state_dir):
-            raise refuse(f"a loop device over {where}", f"only files under the state dir {self.state_dir}")
-        if st.st_uid != self.owner_uid:
-            raise refuse(f"a loop device over {where}", f"the file belongs to uid {st.st_uid}, not the owner")
-        try:  # the name must still be this file (not a deleted one whose name now holds another)
+            raise refuse(f"a loop device over {path}", f"only files under the state dir {self.state_dir}")
+        try:
             named = os.stat(real, follow_symlinks=False)
         except OSError as exc:
-            raise refuse(f"a loop device over {where}", "the file has no name any more") from exc
+            raise refuse(f"a loop device over {path}", "no such file") from exc
         if (named.st_dev, named.st_ino) != (st.st_dev, st.st_ino):
-            raise refuse(f"a loop device over {where}", "the path now names another file")
+            raise refuse(f"a loop device over {path}", "the descriptor is not that file")
+        if st.st_uid != self.owner_uid:
+            raise refuse(f"a loop device over {path}", f"the file belongs to uid {st.st_uid}, not the owner")
         writable = _access_mode(fd) != os.O_RDONLY
         if not read_only and not writable:
-            raise refuse(f"a writable loop device over {where}", "the descriptor was opened read-only")
+            raise refuse(f"a writable loop device over {path}", "the descriptor was opened read-only")
 
     async def check_loop(self, device: Any) -> str:
-        """A loop device whose file lies under the state dir (one the helper attached)."""
+        """A loop device whose file lies under the state dir (one the helper attached), by inode."""
         if not isinstance(device, str) or not loopdev.LOOP_RE.match(device):
             raise refuse(f"loop device {device!r}", "expected /dev/loopN")
-        backing = await loopdev.backing_file(device)
-        if backing is None or not backing.is_relative_to(self.state_dir):
+        ident = await loopdev.backing_identity(device)
+        if ident is None or ident not in self.state_files():
             raise refuse(f"loop device {device}", f"only loops over files under {self.state_dir}")
         return device
+
+    def state_files(self) -> set[tuple[int, int, int]]:
+        """(major, minor, inode) of the regular files under the state dir (images, VM disks: a few dozen)."""
+        return loopdev.file_identities(self.state_dir)
 
 
 def _access_mode(fd: int) -> int:

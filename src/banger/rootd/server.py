@@ -84,10 +84,10 @@ class RootHelper:
         await self.local.create_tap(name, bridge, self.policy.owner_uid)
 
     async def _attach_loop(self, a: dict[str, Any], fds: list[int]) -> str:
-        if "path" in a or len(fds) != 1:
-            raise refuse("a loop device by path" if "path" in a else f"{len(fds)} descriptors",
-                         "send the backing file as exactly one open descriptor (SCM_RIGHTS), never a path")
-        self.policy.check_backing_fd(fds[0], a.get("read_only"))
+        if len(fds) != 1:
+            raise refuse("a loop device by path" if fds == [] else f"{len(fds)} descriptors",
+                         "send the backing file as exactly one open descriptor (SCM_RIGHTS), never a path alone")
+        self.policy.check_backing_fd(fds[0], a.get("read_only"), a.get("path"))
         return await self.local.attach_loop_fd(fds[0], bool(a.get("read_only")))
 
     async def _detach_loop(self, a: dict[str, Any], _fds: list[int]) -> None:

@@ -1,0 +1,109 @@
+"""Nested KVM, side by side in one run: plain Firecracker vs banger's Firecracker vs banger's QEMU+KVM,
+inside a KVM host VM (banger.testing.nested: QEMU TCG with nested SVM, banger installed from wheels).
+
+Usage: python bench/nested.py [--runs 3]     (root; uses the test cache's kernel, images and Firecracker)
+
+Per run, interleaved so the machine's noise hits all three alike:
+- plain Firecracker: `firecracker --no-api` over a fresh VM's disks, exec to the first `ssh true`;
+- `vm run --rm -- true` with Firecracker and with `--runtime qemu` (KVM), timed inside the KVM host;
+- boot to SSH (`vm create`) and `vm workspace prepare` of a small repo, for each VMM.
+Prints medians and banger-Firecracker / plain-Firecracker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from banger.testing.artifacts import install_image, install_kernel  # noqa: E402
+from banger.testing.daemon import Home  # noqa: E402
+from banger.testing.firecracker import firecracker_binary  # noqa: E402
+from banger.testing.nested import (  # noqa: E402
+    OUTER_CONFIG,
+    KvmHost,
+    build_kvm_host_rootfs,
+    build_nested_image,
+    build_wheels,
+    plain_firecracker_seconds,
+    timed_inside,
+)
+from banger.testing.netns import NetNS  # noqa: E402
+from conftest import DEBIAN_MIRROR, build_default_kernel, build_golden_image, cache_root  # noqa: E402
+
+REPO = ("rm -rf /root/src && mkdir -p /root/src/pkg && cd /root/src && git init -q -b main && "
+        "for i in $(seq 1 200); do echo \"line $i\" > pkg/f$i.txt; done && git add -A && "
+        "git -c user.name=B -c user.email=b@example.test commit -q -m bench")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    cache = cache_root()
+    kernel, golden = build_default_kernel(), build_golden_image()
+    image = build_nested_image(cache, build_kvm_host_rootfs(cache, DEBIAN_MIRROR), kernel, golden,
+                               firecracker_binary(cache))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, NetNS() as ns:
+        wheels = build_wheels(ROOT, Path(tmp) / "wheels")
+        home = Home(netns=ns.name)
+        home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
+        home.layout.config_file.write_text(OUTER_CONFIG)
+        install_kernel(home.layout, kernel)
+        install_image(home.layout, image, name="kvm-host")
+        host = KvmHost(home)
+        try:
+            t = time.monotonic()
+            host.boot()
+            boot_host = time.monotonic() - t
+            t = time.monotonic()
+            host.setup(wheels)
+            setup_host = time.monotonic() - t
+            host.sh(REPO)
+            rc, warm = timed_inside(host, "vm", "run", "--rm", "--", "true")  # the probe, the bridge
+            assert rc == 0, "warm-up run failed"
+            rows: dict[str, list[float]] = {k: [] for k in (
+                "plain firecracker: exec to ssh true", "banger firecracker: vm run --rm -- true",
+                "banger qemu-kvm: vm run --rm -- true", "firecracker: vm create (boot to ssh)",
+                "qemu-kvm: vm create (boot to ssh)", "firecracker: workspace prepare (200 files)",
+                "qemu-kvm: workspace prepare (200 files)")}
+            for i in range(args.runs):
+                rows["plain firecracker: exec to ssh true"].append(plain_firecracker_seconds(host))
+                for runtime, label in (("firecracker", "banger firecracker"), ("qemu", "banger qemu-kvm")):
+                    rc, secs = timed_inside(host, "vm", "run", "--runtime", runtime, "--rm", "--", "true")
+                    assert rc == 0, f"{label} run {i} failed"
+                    rows[f"{label}: vm run --rm -- true"].append(secs)
+                for runtime, label in (("firecracker", "firecracker"), ("qemu", "qemu-kvm")):
+                    rc, secs = timed_inside(host, "vm", "create", "--runtime", runtime, "--name", f"b{runtime[:2]}")
+                    assert rc == 0, f"{label} create {i} failed"
+                    rows[f"{label}: vm create (boot to ssh)"].append(secs)
+                    rc, secs = timed_inside(host, "vm", "workspace", "prepare", f"b{runtime[:2]}", "/root/src")
+                    assert rc == 0, f"{label} prepare {i} failed"
+                    rows[f"{label}: workspace prepare (200 files)"].append(secs)
+                    host.banger("vm", "delete", f"b{runtime[:2]}")
+        except BaseException:
+            sys.stderr.write(host.diagnostics())
+            raise
+        finally:
+            home.cli("vm", "kill", host.name, timeout=120)
+            home.cleanup()
+    print(f"KVM host: boot {boot_host:.1f}s, setup (kvm_amd, venv from wheels, inner home) {setup_host:.1f}s, "
+          f"first inner vm run (probe included) {warm:.1f}s; {args.runs} runs, medians:")
+    for label, values in rows.items():
+        print(f"  {label:45s} {statistics.median(values):6.1f}s   ({', '.join(f'{v:.1f}' for v in values)})")
+    ratio = statistics.median(rows["banger firecracker: vm run --rm -- true"]) / statistics.median(
+        rows["plain firecracker: exec to ssh true"])
+    print(f"  banger firecracker vm run / plain firecracker: {ratio:.2f}x (target <= 1.10x)")
+    print(f"wall time: {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run only the nested KVM tier (as root on a Debian 12 host): a QEMU TCG VM that is a KVM host, with
+# banger inside it running Firecracker and QEMU+KVM guests for real (tests/nested, banger.testing.nested).
+# scripts/test.sh runs this tier too, with everything else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+export BANGER_TEST_CACHE=${BANGER_TEST_CACHE:-/var/tmp/banger-test-cache}
+exec .venv/bin/python -m pytest -p no:cacheprovider -ra --durations=15 tests/nested "$@"

@@ -1,0 +1,69 @@
+"""The nested KVM tier's fixtures: the KVM host VM (booted once per module, inside a namespace made here)
+with banger installed in it from this checkout's wheels. On failure its console and the inner daemon's
+log are printed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from banger.testing.artifacts import install_image, install_kernel
+from banger.testing.daemon import Home
+from banger.testing.firecracker import firecracker_binary
+from banger.testing.nested import OUTER_CONFIG, KvmHost, build_kvm_host_rootfs, build_nested_image, build_wheels
+from banger.testing.netns import NetNS
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import DEBIAN_MIRROR, cache_lock  # noqa: E402  (the session fixtures' mirror and cache lock)
+
+
+@pytest.fixture(scope="session")
+def nested_image(banger_test_cache: Path, default_kernel: Path, golden_image: Path) -> Path:
+    with cache_lock("kvm-host"):
+        kvm_host = build_kvm_host_rootfs(banger_test_cache, DEBIAN_MIRROR)
+        return build_nested_image(banger_test_cache, kvm_host, default_kernel, golden_image,
+                                  firecracker_binary(banger_test_cache))
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheels(ROOT, tmp_path_factory.mktemp("wheels"))
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.failed:
+        item.session.stash[FAILED] = True
+    return report
+
+
+@pytest.fixture(scope="module")
+def kvm_host(request: pytest.FixtureRequest, nested_image: Path, default_kernel: Path, wheels: Path
+             ) -> Iterator[KvmHost]:
+    with NetNS() as ns:
+        home = Home(netns=ns.name)
+        home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
+        home.layout.config_file.write_text(OUTER_CONFIG)
+        install_kernel(home.layout, default_kernel)
+        install_image(home.layout, nested_image, name="kvm-host")
+        host = KvmHost(home)
+        try:
+            host.boot()
+            host.setup(wheels)
+            yield host
+        except BaseException:
+            request.session.stash[FAILED] = True
+            raise
+        finally:
+            if request.session.stash.get(FAILED, False):
+                sys.stderr.write(host.diagnostics())
+            home.cli("vm", "kill", host.name, timeout=120)
+            home.cleanup()
