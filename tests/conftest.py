@@ -20,6 +20,9 @@ import pytest
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = ""
+# The nested KVM tier (tests/nested) is opt-in while its boots are not yet reliable and fast enough for
+# every run: scripts/test-nested.sh sets BANGER_NESTED=1 (see the README's nested-tier notes).
+collect_ignore = [] if os.environ.get("BANGER_NESTED") == "1" else ["nested"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,6 +4,7 @@ log are printed."""
 
 from __future__ import annotations
 
+import fcntl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +18,13 @@ from banger.testing.nested import OUTER_CONFIG, KvmHost, build_kvm_host_rootfs, 
 from banger.testing.netns import NetNS
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import DEBIAN_MIRROR, cache_lock  # noqa: E402  (the session fixtures' mirror and cache lock)
+DEBIAN_MIRROR = "http://deb.debian.org/debian"  # as tests/conftest.py's session artifacts
 
 
 @pytest.fixture(scope="session")
 def nested_image(banger_test_cache: Path, default_kernel: Path, golden_image: Path) -> Path:
-    with cache_lock("kvm-host"):
+    with open(banger_test_cache / ".kvm-host.lock", "w") as lock:  # one build when runs overlap
+        fcntl.flock(lock, fcntl.LOCK_EX)
         kvm_host = build_kvm_host_rootfs(banger_test_cache, DEBIAN_MIRROR)
         return build_nested_image(banger_test_cache, kvm_host, default_kernel, golden_image,
                                   firecracker_binary(banger_test_cache))

@@ -146,7 +146,7 @@ def _run(sysi: SystemInstall, ns: NetNS, uid: int, gid: int, cache: Path) -> Non
     time.sleep(1)
     sysi.stop(sysi.helper, signal.SIGKILL)
     _out, err = creating.communicate(timeout=300)
-    assert creating.returncode != 0 and "bangerd-root closed the connection" in err, err
+    assert creating.returncode != 0 and "bangerd-root hung up during" in err, err
     assert "nohelper" not in sysi.cli("vm", "list", check=True).stdout
     assert not _processes_of(uid, "qemu-system-x86")
     assert not any((inst.state_dir / "vms").iterdir())

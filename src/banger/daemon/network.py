@@ -69,11 +69,13 @@ class NetworkService:
     # --- TAPs ---------------------------------------------------------------------------------------
 
     async def _release(self, key: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run a release; while bangerd-root is unreachable, queue it instead of failing (an undo that
+        raised would hide the error that made the undo run)."""
         try:
             await step()
         except DaemonUnavailable:
             self._pending[key] = step
-            raise
+            log.warning("bangerd-root unreachable; release queued until it answers", extra={"release": key})
 
     async def retry_pending(self) -> None:
         """Run the releases queued while bangerd-root was unreachable (each at most once more per call)."""

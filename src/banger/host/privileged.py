@@ -134,8 +134,9 @@ class LocalPrivileged:
 
 
 def open_backing(path: Path, read_only: bool) -> int:
-    """An open descriptor of loop backing file ``path`` (not followed if it is a symlink)."""
-    flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NOFOLLOW | os.O_CLOEXEC
+    """An open descriptor of loop backing file ``path``. A symlink is followed (test homes link images from a
+    cache); bangerd-root then judges the file the descriptor really is, wherever the link pointed."""
+    flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
     try:
         return os.open(path, flags)
     except OSError as exc:
@@ -179,7 +180,7 @@ class RemotePrivileged:
         finally:
             sock.close()
         if not reply:  # the helper died (or was restarted) with our request in hand
-            raise DaemonUnavailable(f"bangerd-root closed the connection during {op} without answering",
+            raise DaemonUnavailable(f"bangerd-root hung up during {op} without answering",
                                     hint="see `banger system status`; the helper may have been restarted")
         try:
             doc = json.loads(reply)

@@ -9,4 +9,6 @@
 - ``repos``        small real git repositories for tests.
 - ``system``       a system install for tests: a test user, `system install --prefix`, both daemons as the
                    units say (the owner one through setpriv).
+- ``nested``       the nested KVM tier: a KVM host VM (QEMU TCG, nested SVM) with banger inside from wheels;
+                   plain-Firecracker baseline for the bench.
 """
