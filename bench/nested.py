@@ -22,11 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from banger.testing.artifacts import install_image, install_kernel  # noqa: E402
-from banger.testing.daemon import Home  # noqa: E402
 from banger.testing.firecracker import firecracker_binary  # noqa: E402
 from banger.testing.nested import (  # noqa: E402
-    OUTER_CONFIG,
     KvmHost,
     build_kvm_host_rootfs,
     build_nested_image,
@@ -53,12 +50,8 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, NetNS() as ns:
         wheels = build_wheels(ROOT, Path(tmp) / "wheels")
-        home = Home(netns=ns.name)
-        home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
-        home.layout.config_file.write_text(OUTER_CONFIG)
-        install_kernel(home.layout, kernel)
-        install_image(home.layout, image, name="kvm-host")
-        host = KvmHost(home)
+        host = KvmHost.in_netns(ns.name, kernel, image)
+        home = host.home
         try:
             t = time.monotonic()
             host.boot()

@@ -10,10 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from banger.images.manifest import ImageManifest, write_manifest
-from banger.model import VM, Image, VMSpec
-from banger.store.db import LATEST, open_db
-from banger.store.repo import Store
+from banger.store.db import LATEST
+from banger.testing.artifacts import seed_stopped_vms
 from banger.testing.daemon import Home
 
 
@@ -27,17 +25,8 @@ def _complete(home: Home, words: str) -> list[str]:
 def _seed(home: Home, tmp_path: Path) -> None:
     home.start_daemon()
     home.stop_daemon()
-    store = Store(open_db(home.layout.db))
-    image_dir = home.layout.images_dir / "img-one"
-    image_dir.mkdir(parents=True)
-    manifest = ImageManifest(name="img-one", source="register")
-    write_manifest(image_dir, manifest)
-    store.put_image(Image(name="img-one", source="register", dir=str(image_dir),
-                          manifest=manifest.model_dump(mode="json")))
-    for vm_id, name in (("a1b2c3d4e5f6", "alpha"), ("a1b2c3d4e5f7", "alder"), ("b1b2c3d4e5f6", "beta")):
-        store.insert_vm(VM(id=vm_id, name=name, spec=VMSpec(image="img-one"), state="stopped",
-                           vm_dir=str(tmp_path / vm_id)))
-    store.close()
+    seed_stopped_vms(home.layout, {"a1b2c3d4e5f6": "alpha", "a1b2c3d4e5f7": "alder", "b1b2c3d4e5f6": "beta"},
+                     image="img-one")
 
 
 def test_completion_offers_live_names_and_nothing_when_the_daemon_is_down(home: Home, tmp_path: Path) -> None:

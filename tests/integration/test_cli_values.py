@@ -23,10 +23,10 @@ from banger import api
 from banger.cli.context import Context, pass_ctx
 from banger.cli.main import BangerGroup, cli
 from banger.daemon.image_service import DEFAULT_SETTING
-from banger.images.manifest import ImageManifest, write_manifest
-from banger.model import VM, Image, VMSpec
+from banger.model import VM
 from banger.store.db import open_db
 from banger.store.repo import Store
+from banger.testing.artifacts import seed_stopped_vms
 from banger.testing.daemon import Home
 from banger.testing.netns import NetNS
 
@@ -169,17 +169,7 @@ def test_bad_values_end_in_a_short_error(served: Home, tmp_path: Path) -> None:
 
 def test_actions_say_what_they_did(served: Home, tmp_path: Path) -> None:
     served.stop_daemon()
-    store = Store(open_db(served.layout.db))
-    image_dir = served.layout.images_dir / "img"
-    image_dir.mkdir(parents=True)
-    manifest = ImageManifest(name="img", source="register")
-    write_manifest(image_dir, manifest)
-    store.put_image(Image(name="img", source="register", dir=str(image_dir), manifest=manifest.model_dump(mode="json")))
-    for vm_id, name in (("a1b2c3d4e5f6", "doomed"), ("b1b2c3d4e5f6", "idle")):
-        vm_dir = served.layout.vms_dir / vm_id
-        vm_dir.mkdir(parents=True)
-        store.insert_vm(VM(id=vm_id, name=name, spec=VMSpec(image="img"), state="stopped", vm_dir=str(vm_dir)))
-    store.close()
+    seed_stopped_vms(served.layout, {"a1b2c3d4e5f6": "doomed", "b1b2c3d4e5f6": "idle"})
     served.start_daemon()
     stopped = served.cli("vm", "stop", "idle", check=True)
     assert stopped.stdout.strip() == "idle: stopped", stopped

@@ -3,34 +3,16 @@ layout with the pinned binary installs; a tampered binary or a wrong layout inst
 
 from __future__ import annotations
 
-import http.server
 import io
 import subprocess
 import sys
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from banger.host import firecracker_release as release
 from banger.testing.firecracker import firecracker_binary
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = http.server.SimpleHTTPRequestHandler
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _tarball(path: Path, members: dict[str, bytes]) -> None:

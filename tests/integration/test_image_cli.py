@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,19 +50,6 @@ def with_kernel(home: Home, default_kernel: Path) -> Home:
     home.cli("kernel", "import", "tk", "--vmlinux", str(default_kernel / "vmlinux"),
              "--initrd", str(default_kernel / "initrd.img"), check=True)
     return home
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A directory served over loopback HTTP, and its base URL."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = http.server.SimpleHTTPRequestHandler
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
 
 
 def _register(home: Home, name: str, rootfs: Path, *extra: str) -> subprocess.CompletedProcess[str]:

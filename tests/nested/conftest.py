@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from banger.testing.artifacts import install_image, install_kernel
-from banger.testing.daemon import Home
 from banger.testing.firecracker import firecracker_binary
-from banger.testing.nested import OUTER_CONFIG, KvmHost, build_kvm_host_rootfs, build_nested_image, build_wheels
+from banger.testing.nested import KvmHost, build_kvm_host_rootfs, build_nested_image, build_wheels
 from banger.testing.netns import NetNS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +48,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 def kvm_host(request: pytest.FixtureRequest, nested_image: Path, default_kernel: Path, wheels: Path
              ) -> Iterator[KvmHost]:
     with NetNS() as ns:
-        home = Home(netns=ns.name)
-        home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
-        home.layout.config_file.write_text(OUTER_CONFIG)
-        install_kernel(home.layout, default_kernel)
-        install_image(home.layout, nested_image, name="kvm-host")
-        host = KvmHost(home)
+        host = KvmHost.in_netns(ns.name, default_kernel, nested_image)
+        home = host.home
         try:
             host.boot()
             host.setup(wheels)

@@ -7,14 +7,18 @@ the CLI would talk to, without starting one: when it is down, nothing is offered
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 from click.shell_completion import CompletionItem
 
+if TYPE_CHECKING:
+    from banger.client import Client
+
 SHELLS = ("bash", "zsh", "fish")
 
 
-def _names(fetch: Callable[[object], list[str]]) -> Callable[[click.Context, click.Parameter, str],
+def _names(fetch: Callable[[Client], list[str]]) -> Callable[[click.Context, click.Parameter, str],
                                                                   list[CompletionItem]]:
     def complete(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
         from banger import install
@@ -33,9 +37,9 @@ def _names(fetch: Callable[[object], list[str]]) -> Callable[[click.Context, cli
     return complete
 
 
-vms = _names(lambda c: [v.name for v in c.vm_list()])  # type: ignore[attr-defined]
-images = _names(lambda c: [i.name for i in c.image_list()])  # type: ignore[attr-defined]
-kernels = _names(lambda c: [k.name for k in c.kernel_list().kernels])  # type: ignore[attr-defined]
+vms = _names(lambda c: [v.name for v in c.vm_list()])
+images = _names(lambda c: [i.name for i in c.image_list()])
+kernels = _names(lambda c: [k.name for k in c.kernel_list().kernels])
 
 
 @click.command()

@@ -91,15 +91,11 @@ def file_identities(directory: Path, depth: int = 4) -> set[tuple[int, int, int]
 
 async def attach(path: Path, *, read_only: bool) -> str:
     """Attach ``path`` to a free loop device and return its name (``/dev/loopN``)."""
-    argv = ["losetup", "--find", "--show", *(["--read-only"] if read_only else []), str(_existing(path))]
+    fd = os.open(_existing(path), (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
     try:
-        result = await run(argv)
-    except HostError as exc:
-        raise HostError(
-            f"could not attach {path} to a loop device: {exc.message}",
-            hint="banger needs root and /dev/loop-control; look for leaked devices with `losetup -a`",
-        ) from exc
-    return result.out.strip()
+        return await attach_fd(fd, read_only=read_only)
+    finally:
+        os.close(fd)
 
 
 async def attach_fd(fd: int, *, read_only: bool) -> str:

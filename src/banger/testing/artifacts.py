@@ -80,3 +80,25 @@ def _put(layout: Layout, write: object) -> None:
         write(store)  # type: ignore[operator]
     finally:
         store.close()
+
+
+def seed_stopped_vms(layout: Layout, vms: dict[str, str], image: str = "img") -> None:
+    """Rows for stopped VMs (id -> name) over a registered stub image, for tests that need VMs to exist
+    but never boot them (names, completion, action messages). The daemon must not be running."""
+    from banger.images.manifest import ImageManifest, write_manifest
+    from banger.model import VM, VMSpec
+
+    image_dir = layout.images_dir / image
+    image_dir.mkdir(parents=True)
+    manifest = ImageManifest(name=image, source="register")
+    write_manifest(image_dir, manifest)
+
+    def write(store: Store) -> None:
+        store.put_image(Image(name=image, source="register", dir=str(image_dir),
+                              manifest=manifest.model_dump(mode="json")))
+        for vm_id, name in vms.items():
+            vm_dir = layout.vms_dir / vm_id
+            vm_dir.mkdir(parents=True, exist_ok=True)
+            store.insert_vm(VM(id=vm_id, name=name, spec=VMSpec(image=image), state="stopped", vm_dir=str(vm_dir)))
+
+    _put(layout, write)

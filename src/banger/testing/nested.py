@@ -159,6 +159,18 @@ class KvmHost:
         self.home = home
         self.name = name
 
+    @classmethod
+    def in_netns(cls, netns: str, kernel: Path, image: Path) -> KvmHost:
+        """A KVM host (not yet booted) of a fresh outer home whose daemon runs in ``netns``."""
+        from banger.testing.artifacts import install_image, install_kernel
+
+        home = Home(netns=netns)
+        home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
+        home.layout.config_file.write_text(OUTER_CONFIG)
+        install_kernel(home.layout, kernel)
+        install_image(home.layout, image, name="kvm-host")
+        return cls(home)
+
     def boot(self, image: str = "kvm-host") -> None:
         args = ["vm", "create", "--name", self.name, "--image", image, "--vcpu", str(KVM_HOST_VCPU),
                 "--memory", str(KVM_HOST_MEMORY_MIB), "--disk-size", KVM_HOST_DISK]
