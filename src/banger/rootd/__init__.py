@@ -2,6 +2,7 @@
 
 Modules:
 
+- ``__main__``  ``python -m banger.rootd``: runs ``main``.
 - ``main``    entry point (``python -m banger.rootd --install PATH``, the unit's ``ExecStart=``): reads
               ``install.toml`` and the root-owned config, makes its runtime dir, serves until SIGTERM.
 - ``policy``  Policy: every argument of every operation checked against banger's own configuration (the
