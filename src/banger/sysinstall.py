@@ -223,10 +223,11 @@ def status(record: Path) -> Status:
             drift.append(f"{path} is missing")
         elif path.read_text() != text:
             drift.append(f"{path} differs from what `banger system install` writes now")
-    return Status(record, inst, drift, _answers(inst.root_socket), _answers(inst.layout.socket))
+    return Status(record, inst, drift, answers(inst.root_socket), answers(inst.layout.socket))
 
 
-def _answers(sock_path: Path) -> bool:
+def answers(sock_path: Path) -> bool:
+    """Whether something accepts connections on ``sock_path`` (a liveness probe; nothing is sent)."""
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -251,7 +252,7 @@ def do_uninstall(record: Path, *, purge: bool) -> list[Path]:
         from banger.host.run import run_sync
 
         run_sync(["systemctl", "disable", "--now", OWNER_UNIT, ROOT_UNIT], check=False)
-    if _answers(inst.layout.socket):
+    if answers(inst.layout.socket):
         raise Conflict(f"bangerd still answers on {inst.layout.socket}",
                        hint="stop it first (`banger daemon stop`, or stop bangerd.service), then uninstall")
     removed = []

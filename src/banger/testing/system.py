@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from banger.install import Install, read_install
+from banger.sysinstall import answers
 
 USER = "bangertest"  # one fixed name: a killed run's user is simply reused by the next
 
@@ -143,7 +144,7 @@ class SystemInstall:
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if sock.exists() and _answers(sock):
+            if sock.exists() and answers(sock):
                 return proc
             if proc.poll() is not None:
                 raise AssertionError(f"{what} exited {proc.returncode}: {(self.prefix / f'{what}.out').read_text()}")
@@ -174,13 +175,3 @@ class SystemInstall:
         self.stop(self.helper)
         shutil.rmtree(self.prefix, ignore_errors=True)
 
-
-def _answers(sock: Path) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(str(sock))
-            return True
-        except OSError:
-            return False
