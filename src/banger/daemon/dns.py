@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import struct
 from collections.abc import Callable
@@ -115,17 +116,26 @@ class VmDnsServer:
 
     async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> tuple[str, int]:
         """Bind UDP and TCP on ``host:port`` (port 0 = any free port, same for both); the bound address."""
+        # With port 0 the kernel picks a free UDP port, which a TCP socket may hold already (an outgoing
+        # connection's ephemeral port): pick again rather than fail.
+        for attempt in range(1 if port else 20):
+            try:
+                return await self._bind(host, port)
+            except OSError as exc:
+                await self.close()
+                if port == 0 and exc.errno == errno.EADDRINUSE and attempt < 19:
+                    continue
+                raise HostError(
+                    f"the .vm DNS server could not listen on {host}:{port}: {exc.strerror or exc}",
+                    hint="another program holds that port; stop it, or stop the other bangerd",
+                ) from exc
+        raise AssertionError("unreachable")
+
+    async def _bind(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        try:
-            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
-            bound = self._udp.get_extra_info("sockname")[:2]
-            self._tcp = await asyncio.start_server(self._serve_tcp, bound[0], bound[1])
-        except OSError as exc:
-            await self.close()
-            raise HostError(
-                f"the .vm DNS server could not listen on {host}:{port}: {exc.strerror or exc}",
-                hint="another program holds that port; stop it, or stop the other bangerd",
-            ) from exc
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+        bound = self._udp.get_extra_info("sockname")[:2]
+        self._tcp = await asyncio.start_server(self._serve_tcp, bound[0], bound[1])
         self.address = (bound[0], int(bound[1]))
         return self.address
 
