@@ -76,6 +76,11 @@ class VMRefs(Params):
     refs: list[str] = Field(min_length=1)  # e.g. ["dev", "ci-1"]
 
 
+class VMConnect(Params):
+    ref: str  # VM name or id
+    wait_ssh: bool = True  # False: do not wait for a just-cloned VM's sshd (the caller uses the agent)
+
+
 class VMList(Result):
     vms: list[VM]
 
@@ -90,6 +95,73 @@ class VMCreate(Params):
     disk_size: str | None = None  # e.g. "16G"
     nat: bool = False
     start: bool = True  # False = create stopped (`--no-start`)
+    cold: bool = False  # True = boot from the image even when a snapshot template could be cloned
+
+
+class ExecStart(Params):
+    ref: str  # VM name or id
+    command: str = Field(min_length=1)  # a shell command line, e.g. "make test"
+    workdir: str | None = None  # guest directory to run it in, e.g. "/root/repo"
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecStarted(Result):
+    id: str  # e.g. "9f2c4e1a0b3d5c7e"
+
+
+class ExecRead(Params):
+    id: str
+    offset: int = Field(0, ge=0)  # events already read
+    wait: float = Field(25.0, ge=0, le=60)  # seconds to wait for output or the end
+
+
+class ExecEvent(Result):
+    stream: Literal["stdout", "stderr"]
+    data: str  # base64
+
+
+class ExecOutput(Result):
+    events: list[ExecEvent]
+    offset: int  # pass back as the next read's offset
+    done: bool = False
+    status: int | None = None  # exit status (128 + N when killed by signal N), once done
+    error: dict[str, Any] | None = None  # the agent failed (a JSON-RPC error object), once done
+
+
+class ExecWrite(Params):
+    id: str
+    data: str = ""  # base64; up to a few MiB per call
+    eof: bool = False  # close the command's stdin after data
+
+
+class ExecSignal(Params):
+    id: str
+    signal: int = Field(ge=1, le=64)  # e.g. 2 (SIGINT)
+
+
+class TemplateInfo(Result):
+    id: str  # the key digest, e.g. "3f9a0c1d2e4b5a69"
+    image: str | None = None  # e.g. "debian-bookworm"
+    vcpu: int | None = None
+    memory_mib: int | None = None
+    disk_size: int | None = None  # work disk bytes
+    created_at: str | None = None
+    build_seconds: float | None = None  # cold boot + settle + snapshot, e.g. 14.2
+    allocated_bytes: int = 0  # on disk (memory file, frozen disks, state)
+    vms: list[str] = Field(default_factory=list)  # ids of VMs whose disks stand on it
+    complete: bool = True
+
+
+class TemplateList(Result):
+    templates: list[TemplateInfo]
+
+
+class TemplatesPrune(Params):
+    all: bool = False  # True: every template no VM stands on; False: only superseded ones
+
+
+class TemplatesPruned(Result):
+    removed: list[str]  # template ids
 
 
 class VMSet(Params):

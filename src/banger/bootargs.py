@@ -40,6 +40,7 @@ def kernel_cmdline(*, name: str, ip: str, gateway: str, cidr: str, dns: str, mod
     if runtime == "firecracker":
         # Firecracker ends the VMM on a guest reboot, not on ACPI power-off.
         args.append("banger.halt=reboot")
+        args.append("banger.agent=vsock")  # no virtio-serial there: banger-agent listens on vsock
     args += extra.split()
     for a in args:
         if not _SAFE.match(a):

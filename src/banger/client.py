@@ -123,6 +123,13 @@ class Client:
         raise DaemonUnavailable(f"the old bangerd did not stop within {timeout:g}s",
                                 hint=f"stop it by hand (pid in {layout.pid_file}) and retry")
 
+    def another(self) -> Client:
+        """A second connection to the same daemon (for a thread that calls while this one waits)."""
+        client = self._try_connect(self.layout, self.daemon_uid)
+        if client is None:
+            raise DaemonUnavailable(f"bangerd stopped answering on {self.layout.socket}")
+        return client
+
     def close(self) -> None:
         self._file.close()
         self._sock.close()
@@ -212,14 +219,35 @@ class Client:
     def vm_prune(self) -> list[VM]:
         return self._typed(api.VMList, "vm.prune").vms
 
+    def vm_exec_start(self, req: api.ExecStart) -> str:
+        return self._typed(api.ExecStarted, "vm.exec.start", req).id
+
+    def vm_exec_read(self, exec_id: str, offset: int, wait: float = 25.0) -> api.ExecOutput:
+        return self._typed(api.ExecOutput, "vm.exec.read", api.ExecRead(id=exec_id, offset=offset, wait=wait))
+
+    def vm_exec_write(self, exec_id: str, data: str = "", eof: bool = False) -> None:
+        self.call("vm.exec.write", api.ExecWrite(id=exec_id, data=data, eof=eof))
+
+    def vm_exec_signal(self, exec_id: str, signal: int) -> None:
+        self.call("vm.exec.signal", api.ExecSignal(id=exec_id, signal=signal))
+
+    def vm_templates_list(self) -> list[api.TemplateInfo]:
+        return self._typed(api.TemplateList, "vm.templates.list").templates
+
+    def vm_templates_prune(self, everything: bool = False) -> list[str]:
+        return self._typed(api.TemplatesPruned, "vm.templates.prune", api.TemplatesPrune(all=everything)).removed
+
+    def vm_templates_build(self, req: api.VMCreate) -> Operation:
+        return self._typed(api.OperationStarted, "vm.templates.build", req).operation
+
     def vm_set(self, req: api.VMSet) -> VM:
         return self._typed(VM, "vm.set", req)
 
     def vm_logs(self, ref: str, offset: int = 0) -> api.VMLogsResult:
         return self._typed(api.VMLogsResult, "vm.logs", api.VMLogs(ref=ref, offset=offset, max_bytes=1 << 20))
 
-    def vm_connect(self, ref: str) -> api.VMConnectInfo:
-        return self._typed(api.VMConnectInfo, "vm.connect", api.VMRef(ref=ref))
+    def vm_connect(self, ref: str, wait_ssh: bool = True) -> api.VMConnectInfo:
+        return self._typed(api.VMConnectInfo, "vm.connect", api.VMConnect(ref=ref, wait_ssh=wait_ssh))
 
     def vm_ports(self, refs: list[str]) -> list[api.VMPorts]:
         return self._typed(api.VMPortsResult, "vm.ports", api.VMRefs(refs=refs)).vms

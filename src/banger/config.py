@@ -12,6 +12,7 @@ Example (all values shown are the defaults)::
     bridge_ip = "172.30.0.1"
     cidr = "172.30.0.0/24"             # guests get addresses from here
     tap_pool_size = 2                  # idle TAPs kept ready
+    snapshots = true                   # QEMU VMs start as clones of a snapshot template (false: cold boots)
     default_dns = "1.1.1.1"            # resolver written into guests
     auto_stop_stale_after = "0"        # e.g. "8h"; 0 disables the stale reaper
     ssh_key_path = ""                  # default: <state>/ssh/id_ed25519
@@ -118,6 +119,7 @@ class Config(_Strict):
     bridge_ip: str = "172.30.0.1"
     cidr: str = "172.30.0.0/24"
     tap_pool_size: int = Field(2, ge=0, le=64)
+    snapshots: bool = True  # start QEMU VMs as clones of snapshot templates (False: always boot cold)
     default_dns: str = "1.1.1.1"
     auto_stop_stale_after: str = "0"
     ssh_key_path: str = ""

@@ -50,6 +50,10 @@ class Layout:
         return self.state_dir / "vms"
 
     @property
+    def templates_dir(self) -> Path:
+        return self.state_dir / "templates"
+
+    @property
     def images_dir(self) -> Path:
         return self.state_dir / "images"
 

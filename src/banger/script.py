@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shlex
 import string
+from collections.abc import Sequence
 from typing import Any, LiteralString
 
 from banger.errors import InvalidArgument
@@ -59,6 +60,17 @@ _FORMATTER = _Quoting()
 def fill(template: LiteralString, *values: Value, **named: Value) -> str:
     """``template`` with each ``{}``/``{name}`` replaced by the quoted value."""
     return _FORMATTER.vformat(template, values, named)
+
+
+def shell_command(argv: Sequence[str]) -> str:
+    """The guest shell command for a CLI's ``-- ARGS``: one argument is a shell string, more are argv.
+
+    ``-- 'make test | tee log'`` is run by the guest's shell as written (like ``ssh host CMD``);
+    ``-- python -c "print('a b')"`` keeps its three arguments exactly (each quoted).
+    """
+    if not argv:
+        raise InvalidArgument("no command given")
+    return argv[0] if len(argv) == 1 else " ".join(quote(a) for a in argv)
 
 
 class Script:

@@ -63,6 +63,19 @@ def test_qemu_command_line() -> None:
     assert kvm[:4] == ["ip", "netns", "exec", "ns1"] and "host" in kvm and "vhost-vsock-device,guest-cid=5" in kvm
 
 
+def test_qemu_agent_port_and_snapshot_arguments() -> None:
+    argv = qemu_argv("qemu-system-x86_64", spec(), vsock=False)
+    joined = " ".join(argv)
+    assert "-chardev socket,id=agent,path=/s/vm-1/agent.sock,server=on,wait=off" in joined
+    assert "virtserialport,chardev=agent,name=org.banger.agent" in joined
+    assert "memory-backend" not in joined and "-incoming" not in argv
+    template = " ".join(qemu_argv("q", spec(memory_file=Path("/t/mem,1"), memory_shared=True), vsock=False))
+    assert "memory-backend-file,id=ram,size=1024M,mem-path=/t/mem,,1,share=on" in template
+    assert "microvm,x-option-roms=off,rtc=on,memory-backend=ram" in template
+    clone = qemu_argv("q", spec(memory_file=Path("/t/mem"), restore_from=Path("/t/state")), vsock=False)
+    assert "share=off" in " ".join(clone) and clone[clone.index("-incoming") + 1] == "defer"
+
+
 def test_tsc_workaround_only_under_tcg() -> None:
     assert guest_cmdline(spec(accel="kvm"), 2600000) == "console=ttyS0 root=/dev/vda"
     assert guest_cmdline(spec(cmdline="x tsc_early_khz=1"), 2600000) == "x tsc_early_khz=1"

@@ -61,7 +61,19 @@ def version(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from banger.cli import completion, daemon, doctor, image, kernel, ssh_config, system, vm, vm_run, workspace  # noqa: F401  (vm_run, workspace add to vm)
+    from banger.cli import (  # noqa: F401  (templates, vm_run, workspace add to vm)
+        completion,
+        daemon,
+        doctor,
+        image,
+        kernel,
+        ssh_config,
+        system,
+        templates,
+        vm,
+        vm_run,
+        workspace,
+    )
 
     cli.add_command(vm.vm)
     cli.add_command(vm.ps)

@@ -79,6 +79,8 @@ def _create_options(f):  # type: ignore[no-untyped-def]
         click.option("--memory", "memory_mib", type=params.MEMORY_MIB, help="Memory in MiB."),
         click.option("--disk-size", type=params.DISK_SIZE, help="Work disk size, e.g. 16G."),
         click.option("--nat", is_flag=True, help="Give the VM outbound network access through the host."),
+        click.option("--cold", is_flag=True, default=None,
+                     help="Boot from the image instead of cloning a snapshot template."),
     ]):
         f = opt(f)
     return f
@@ -93,7 +95,7 @@ def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quie
     op = run(ctx.client, lambda: ctx.client.vm_create(req), quiet=quiet)
     result = op.result or {}
     for line in op.log:
-        if line.startswith("runtime "):
+        if line.startswith(("runtime ", "snapshot: ")):
             render.echo(line, stderr=True)
     return VM.model_validate(result["vm"])
 

@@ -47,6 +47,18 @@ def ssh_into(info: VMConnectInfo, command: Sequence[str] | None, *, workdir: str
     return subprocess.run(argv).returncode
 
 
+def run_command(ctx: Context, ref: str, command: Sequence[str]) -> int:
+    """Run ``command`` in the VM's workspace directory: through the guest agent, else over SSH."""
+    from banger.cli.guest_exec import run_in_guest
+
+    info = ctx.client.vm_connect(ref, wait_ssh=False)
+    rc = run_in_guest(ctx.client, info.name, command, info.workdir)
+    if rc is None:
+        info = ctx.client.vm_connect(ref)  # now wait for sshd
+        rc = ssh_into(info, command, workdir=info.workdir)
+    return rc
+
+
 def _spec_line(ctx: Context, opts: dict[str, object]) -> str:
     d = ctx.config.vm_defaults
     disk = parse_size(str(opts.get("disk_size") or d.disk_size))
@@ -90,9 +102,11 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
         return
     rc = 255
     try:
-        info = ctx.client.vm_connect(v.name)
-        rc = ssh_into(info, command or None, workdir=info.workdir) if command or not info.workdir \
-            else _shell_in(info)
+        if command:
+            rc = run_command(ctx, v.name, command)
+        else:
+            info = ctx.client.vm_connect(v.name)
+            rc = ssh_into(info, None, workdir=info.workdir) if not info.workdir else _shell_in(info)
     finally:
         if remove:
             _delete_uninterruptibly(ctx, v.name)
@@ -148,8 +162,7 @@ def vm_exec(ctx: Context, ref: str) -> None:
     command = guest_command()
     if not command:
         raise InvalidArgument("no command given", hint=f"banger vm exec {ref} -- CMD ...")
-    info = ctx.client.vm_connect(ref)
-    sys.exit(ssh_into(info, command, workdir=info.workdir))
+    sys.exit(run_command(ctx, ref, command))
 
 
 @vm.command("ports")

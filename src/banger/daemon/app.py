@@ -118,6 +118,7 @@ class Daemon:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.vms.exec.close()
         await self.network.close()
         await self.dns.close()
         self.store.close()

@@ -110,6 +110,36 @@ async def vm_prune(d: Daemon, p: api.Empty) -> api.VMList:
     return api.VMList(vms=await d.vms.prune())
 
 
+async def vm_exec_start(d: Daemon, p: api.ExecStart) -> api.ExecStarted:
+    vm = d.vms.running_vm(p.ref)
+    d.vms.touch(vm)
+    return await d.vms.exec.start(vm.id, vm.name, p)
+
+
+async def vm_exec_read(d: Daemon, p: api.ExecRead) -> api.ExecOutput:
+    return await d.vms.exec.read(p)
+
+
+async def vm_exec_write(d: Daemon, p: api.ExecWrite) -> api.Ok:
+    return await d.vms.exec.write(p)
+
+
+async def vm_exec_signal(d: Daemon, p: api.ExecSignal) -> api.Ok:
+    return await d.vms.exec.signal(p)
+
+
+async def vm_templates_list(d: Daemon, p: api.Empty) -> api.TemplateList:
+    return api.TemplateList(templates=[api.TemplateInfo(**t) for t in d.vms.templates.entries()])
+
+
+async def vm_templates_prune(d: Daemon, p: api.TemplatesPrune) -> api.TemplatesPruned:
+    return api.TemplatesPruned(removed=await d.vms.templates.prune(everything=p.all))
+
+
+async def vm_templates_build(d: Daemon, p: api.VMCreate) -> api.OperationStarted:
+    return api.OperationStarted(operation=d.vms.build_template(p))
+
+
 async def vm_set(d: Daemon, p: api.VMSet) -> Any:
     return await d.vms.set(p)
 
@@ -122,8 +152,8 @@ async def vm_stats(d: Daemon, p: api.VMRef) -> api.VMStats:
     return d.vms.stats(p.ref)
 
 
-async def vm_connect(d: Daemon, p: api.VMRef) -> api.VMConnectInfo:
-    return d.vms.connect_info(p.ref)
+async def vm_connect(d: Daemon, p: api.VMConnect) -> api.VMConnectInfo:
+    return await d.vms.connect_info(p.ref, wait_ssh=p.wait_ssh)
 
 
 async def vm_ports(d: Daemon, p: api.VMRefs) -> api.VMPortsResult:
@@ -217,10 +247,17 @@ METHODS: dict[str, Method] = {
     "vm.kill": Method(api.VMRefs, vm_kill),
     "vm.delete": Method(api.VMRefs, vm_delete),
     "vm.prune": Method(api.Empty, vm_prune),
+    "vm.exec.start": Method(api.ExecStart, vm_exec_start),
+    "vm.exec.read": Method(api.ExecRead, vm_exec_read),
+    "vm.exec.write": Method(api.ExecWrite, vm_exec_write),
+    "vm.exec.signal": Method(api.ExecSignal, vm_exec_signal),
+    "vm.templates.list": Method(api.Empty, vm_templates_list),
+    "vm.templates.prune": Method(api.TemplatesPrune, vm_templates_prune),
+    "vm.templates.build": Method(api.VMCreate, vm_templates_build),
     "vm.set": Method(api.VMSet, vm_set),
     "vm.logs": Method(api.VMLogs, vm_logs),
     "vm.stats": Method(api.VMRef, vm_stats),
-    "vm.connect": Method(api.VMRef, vm_connect),
+    "vm.connect": Method(api.VMConnect, vm_connect),
     "vm.ports": Method(api.VMRefs, vm_ports),
     "vm.workspace.prepare": Method(api.WorkspacePrepare, vm_workspace_prepare),
     "vm.workspace.export": Method(api.WorkspaceExport, vm_workspace_export),

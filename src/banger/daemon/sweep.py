@@ -3,12 +3,13 @@
 Run once by ``reconcile.adopt_all`` after running VMs are re-adopted, before the daemon serves anyone:
 
 - VMM processes whose command line names a path under ``<state>/vms`` but that no adopted VM owns (one
-  spawned just before a crash, before its ``handles.json`` was written) are killed;
+  spawned just before a crash, before its ``handles.json`` was written) are killed, and so are QEMUs of
+  snapshot template builds (``<state>/templates``) no adopted clone is;
 - NAT rules and TAP filters of VMs that are not running are deleted;
 - banger's device-mapper devices and loop devices backed by files under the state dir that no VM's
   ``disks.json`` names are removed;
 - staging, trash and scratch directories of interrupted image, kernel, VM and workspace operations
-  (hidden ``.``-entries of the image and kernel stores, ``workspace-*``, ``.config-*`` and unread
+  (hidden ``.``-entries of the image, kernel and template stores, ``workspace-*``, ``.config-*`` and unread
   ``exports`` in VM dirs).
 """
 
@@ -63,7 +64,7 @@ def kill_orphans(vms_dir: Path, adopted: set[int]) -> list[int]:
 def scratch_dirs(layout: Layout) -> list[Path]:
     """Leftovers of interrupted operations (no operation runs while the daemon starts)."""
     found = []
-    for store in (layout.images_dir, layout.kernels_dir):
+    for store in (layout.images_dir, layout.kernels_dir, layout.templates_dir):
         if store.is_dir():
             found += [p for p in store.iterdir() if p.name.startswith(".")]
     if layout.vms_dir.is_dir():
@@ -109,6 +110,8 @@ async def sweep(layout: Layout, network: NetworkService, priv: Privileged, runni
     """Everything above; ``running`` maps the ids of re-adopted VMs to their VMM pids. Never raises."""
     steps: list[tuple[str, Callable[[], object]]] = [
         ("killed orphaned VMM processes", lambda: kill_orphans(layout.vms_dir, set(running.values()))),
+        # A template build the daemon did not finish (clones name the templates dir too, but are adopted).
+        ("killed unfinished template builds", lambda: kill_orphans(layout.templates_dir, set(running.values()))),
         ("removed rules of VMs not running", lambda: network.sweep_rules(set(running))),
         ("released devices no VM uses", lambda: release_devices(layout, priv)),
         ("removed scratch directories", lambda: remove_scratch(layout)),

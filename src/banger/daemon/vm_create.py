@@ -16,7 +16,14 @@ from pathlib import Path
 
 from banger import api, ipam
 from banger.config import parse_size
-from banger.daemon.vm_handles import WORK_DISK, read_root_disk, write_root_disk
+from banger.daemon.vm_handles import (
+    CLONE_WORK_DISK,
+    DISKS,
+    WORK_DISK,
+    WorkDisk,
+    read_root_disk,
+    write_root_disk,
+)
 from banger.errors import InvalidArgument
 from banger.host import storage
 from banger.host.privileged import Privileged
@@ -74,12 +81,33 @@ async def make_disks(vm: VM, image: Image, priv: Privileged) -> None:
         undo.pop_all()
 
 
-async def remove_disks(vm: VM, priv: Privileged) -> None:
-    """Release the root disk's devices and delete the VM directory (idempotent)."""
+async def make_clone_disks(vm: VM, template_dir: Path, template: str) -> tuple[Path, Path]:
+    """A clone's root and work disk: qcow2 overlays over its template's frozen ones (milliseconds)."""
+    vm_dir = Path(vm.vm_dir)
+    vm_dir.mkdir(parents=True, exist_ok=True)
+    root, work = vm_dir / "root.qcow2", vm_dir / CLONE_WORK_DISK
+    async with contextlib.AsyncExitStack() as undo:
+        await storage.make_overlay(template_dir / "root.qcow2", "qcow2", root)
+        undo.callback(root.unlink, missing_ok=True)
+        await storage.make_overlay(template_dir / "work.ext4", "raw", work)
+        undo.callback(work.unlink, missing_ok=True)
+        write_root_disk(vm_dir, storage.RootDisk(root, "qcow2", "qcow2", files=(root,)),
+                        WorkDisk(work, "qcow2", template))
+        undo.pop_all()
+    return root, work
+
+
+async def remove_disks(vm: VM, priv: Privileged, *, keep_dir: bool = False) -> None:
+    """Release the root disk's devices and delete the VM directory (idempotent); ``keep_dir`` removes only
+    the disks (a failed clone that boots cold next keeps its pinned host key)."""
     vm_dir = Path(vm.vm_dir)
     root = read_root_disk(vm_dir)
     try:
         if root is not None:
             await storage.release_root_disk(root, priv=priv)
     finally:
-        shutil.rmtree(vm_dir, ignore_errors=True)
+        if keep_dir:
+            for name in (DISKS, WORK_DISK, CLONE_WORK_DISK, "root.qcow2"):
+                (vm_dir / name).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(vm_dir, ignore_errors=True)

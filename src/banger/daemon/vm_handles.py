@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from banger.files import write_atomic
-from banger.host.storage import RootDisk
+from banger.host.storage import DiskFormat, RootDisk
 from banger.host.vmm import Handle
 
 HANDLES = "handles.json"
 DISKS = "disks.json"
 WORK_DISK = "work.ext4"
+CLONE_WORK_DISK = "work.qcow2"  # a clone's work disk: an overlay over its template's (see daemon.templates)
 
 
 @dataclass
@@ -57,8 +58,29 @@ def remove_handles(vm_dir: Path) -> None:
     (vm_dir / HANDLES).unlink(missing_ok=True)
 
 
-def write_root_disk(vm_dir: Path, disk: RootDisk) -> None:
-    _write_atomic(vm_dir / DISKS, {"root": disk.to_json()})
+@dataclass(frozen=True)
+class WorkDisk:
+    """The VM's work disk: raw for a VM made from an image, a qcow2 overlay for a template's clone."""
+
+    path: Path
+    format: DiskFormat = "raw"
+    template: str | None = None  # the snapshot template whose disks back this VM's (clones only)
+
+
+def write_root_disk(vm_dir: Path, disk: RootDisk, work: WorkDisk | None = None) -> None:
+    data: dict[str, Any] = {"root": disk.to_json()}
+    if work is not None:
+        data["work"] = {"path": str(work.path), "format": work.format, "template": work.template}
+    _write_atomic(vm_dir / DISKS, data)
+
+
+def read_work_disk(vm_dir: Path) -> WorkDisk:
+    """The work disk of the VM in ``vm_dir`` (``work.ext4``, raw, for every VM that is not a clone)."""
+    try:
+        work = json.loads((vm_dir / DISKS).read_text())["work"]
+        return WorkDisk(Path(work["path"]), "qcow2" if work["format"] == "qcow2" else "raw", work.get("template"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return WorkDisk(vm_dir / WORK_DISK)
 
 
 def read_root_disk(vm_dir: Path) -> RootDisk | None:

@@ -7,17 +7,27 @@ leaves no TAP, NAT rule, VMM process or handles file behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from pathlib import Path
 
 from banger import bootargs
 from banger.config import Config
 from banger.daemon.network import NetworkService
 from banger.daemon.runtime import RuntimeService
-from banger.daemon.vm_handles import WORK_DISK, Handles, read_handles, read_root_disk, remove_handles, write_handles
+from banger.daemon.vm_handles import (
+    Handles,
+    read_handles,
+    read_root_disk,
+    read_work_disk,
+    remove_handles,
+    write_handles,
+)
 from banger.errors import GuestError, HostError, OperationTimeout
-from banger.guest import provision, ssh
-from banger.host.vmm import Disk, LaunchSpec
+from banger.guest import provision, rehome, ssh
+from banger.guest.agent import AgentLink
+from banger.host.vmm import VMM, Disk, Handle, LaunchSpec
 from banger.model import VM, Image, Kernel, now
 from banger.progress import Reporter
 from banger.store.repo import Store
@@ -25,6 +35,7 @@ from banger.store.repo import Store
 log = logging.getLogger("banger.daemon.vm")
 STOP_GRACE = 20.0
 HOST_KEY = "ssh_host_ed25519_key"  # the VM's SSH host key, in its directory (the daemon made it)
+GUEST_CID = 3  # Firecracker's vsock is private to each VM (its own socket), so every guest can be CID 3
 
 
 class Lifecycle:
@@ -39,6 +50,7 @@ class Lifecycle:
         self.network = network
         self.runtimes = runtimes
         self.running: dict[str, Handles] = {}  # vm id -> handles of VMs this daemon watches
+        self.ssh_pending: set[str] = set()  # clones whose sshd may still be re-executing with their key
 
     def launch_spec(self, vm: VM, image: Image, kernel: Kernel, tap: str, accel: str) -> LaunchSpec:
         vm_dir = Path(vm.vm_dir)
@@ -46,23 +58,35 @@ class Lifecycle:
         if root is None:
             raise HostError(f"VM {vm.name!r} has no root disk record in {vm_dir}",
                             hint=f"the VM is damaged; `banger vm delete {vm.name}` and create it again")
+        work = read_work_disk(vm_dir)
+        disks = (Disk(root.path, format=root.format), Disk(work.path, format=work.format))
+        return self.boot_spec(vm.id, vm.name, vm.ip or "", vm.mac, vm.runtime or "qemu", image, kernel,
+                              disks=disks, config_disk=vm_dir / provision.CONFIG_DISK, tap=tap, vcpu=vm.spec.vcpu,
+                              memory_mib=vm.spec.memory_mib, vm_dir=vm_dir, accel=accel)
+
+    def boot_spec(self, vm_id: str, name: str, ip: str, mac: str | None, runtime: str, image: Image, kernel: Kernel,
+                  *, disks: tuple[Disk, Disk], config_disk: Path, tap: str, vcpu: int, memory_mib: int,
+                  vm_dir: Path, accel: str) -> LaunchSpec:
+        """The launch spec of a cold boot: root and work disk, the kernel's modules, the config disk last."""
         kdir = Path(kernel.dir)
         modules = kdir / "modules.ext4"
-        disks = [Disk(root.path, format=root.format), Disk(vm_dir / WORK_DISK)]
+        all_disks = list(disks)
         if modules.exists():
-            disks.append(Disk(modules, read_only=True))
-        disks.append(Disk(vm_dir / provision.CONFIG_DISK, read_only=True))
+            all_disks.append(Disk(modules, read_only=True))
+        all_disks.append(Disk(config_disk, read_only=True))
         init = (image.manifest.get("extra") or {}).get("cmdline_init")
         cmdline = bootargs.kernel_cmdline(
-            name=vm.name, ip=vm.ip or "", gateway=self.config.bridge_ip, cidr=self.config.cidr,
-            dns=self.config.default_dns, modules_disk=modules.exists(), config_disk=f"/dev/vd{chr(96 + len(disks))}",
-            init=init, runtime=vm.runtime or "qemu", extra=self.config.vm_defaults.kernel_args,
+            name=name, ip=ip, gateway=self.config.bridge_ip, cidr=self.config.cidr,
+            dns=self.config.default_dns, modules_disk=modules.exists(),
+            config_disk=f"/dev/vd{chr(96 + len(all_disks))}", init=init, runtime=runtime,
+            extra=self.config.vm_defaults.kernel_args,
         )
         initrd = kdir / "initrd.img"
         return LaunchSpec(
-            vm_id=vm.id, name=vm.name, kernel=kdir / "vmlinux", initrd=initrd if initrd.exists() else None,
-            cmdline=cmdline, disks=tuple(disks), tap=tap, mac=vm.mac, vcpu=vm.spec.vcpu,
-            memory_mib=vm.spec.memory_mib, vm_dir=vm_dir, accel="kvm" if accel == "kvm" else "tcg",
+            vm_id=vm_id, name=name, kernel=kdir / "vmlinux", initrd=initrd if initrd.exists() else None,
+            cmdline=cmdline, disks=tuple(all_disks), tap=tap, mac=mac, vcpu=vcpu, memory_mib=memory_mib,
+            vm_dir=vm_dir, accel="kvm" if accel == "kvm" else "tcg",
+            vsock_cid=GUEST_CID if runtime == "firecracker" else None,
         )
 
     async def start(self, vm: VM, image: Image, kernel: Kernel, accel: str, reporter: Reporter,
@@ -71,23 +95,10 @@ class Lifecycle:
         driver = self.runtimes.driver(vm.runtime or "qemu")
         await self.provision(vm, reporter)
         async with contextlib.AsyncExitStack() as undo:
-            reporter.stage("network")
-            tap = await self.network.acquire_tap()
-            undo.push_async_callback(self.network.release_tap, tap)
-            await self.network.add_filter(vm.id, tap, vm.mac or "", vm.ip or "")
-            undo.push_async_callback(self.network.remove_filter, vm.id)
-            if vm.spec.nat:
-                await self.network.add_nat(vm.id, vm.ip or "")
-                undo.push_async_callback(self.network.remove_nat, vm.id)
+            tap = await self._attach_network(vm, undo, reporter)
             reporter.stage(f"starting {vm.runtime}")
             handle = await driver.launch(self.launch_spec(vm, image, kernel, tap, accel))
-            undo.push_async_callback(driver.kill, handle)
-            handles = Handles(handle, tap, vm.spec.nat, accel)
-            write_handles(Path(vm.vm_dir), handles)
-            undo.callback(remove_handles, Path(vm.vm_dir))
-            self.running[vm.id] = handles
-            undo.callback(self.running.pop, vm.id, None)
-            vm = self.store.update_vm(vm, state="running", reason=None, touched_at=now())
+            vm = self._adopt_launched(vm, driver, handle, tap, accel, undo)
             if wait:
                 reporter.stage("waiting for guest")
                 try:
@@ -110,9 +121,66 @@ class Lifecycle:
             undo.pop_all()
         return vm
 
+    async def _attach_network(self, vm: VM, undo: contextlib.AsyncExitStack, reporter: Reporter) -> str:
+        """A TAP whose filter passes only this VM's MAC and address, and NAT when asked; undo pushed."""
+        reporter.stage("network")
+        tap = await self.network.acquire_tap()
+        undo.push_async_callback(self.network.release_tap, tap)
+        await self.network.add_filter(vm.id, tap, vm.mac or "", vm.ip or "")
+        undo.push_async_callback(self.network.remove_filter, vm.id)
+        if vm.spec.nat:
+            await self.network.add_nat(vm.id, vm.ip or "")
+            undo.push_async_callback(self.network.remove_nat, vm.id)
+        return tap
+
+    def _adopt_launched(self, vm: VM, driver: VMM, handle: Handle, tap: str, accel: str,
+                        undo: contextlib.AsyncExitStack) -> VM:
+        """Record a launched VMM (handles.json, the watch list, state running); undo pushed."""
+        undo.push_async_callback(driver.kill, handle)
+        handles = Handles(handle, tap, vm.spec.nat, accel)
+        write_handles(Path(vm.vm_dir), handles)
+        undo.callback(remove_handles, Path(vm.vm_dir))
+        self.running[vm.id] = handles
+        undo.callback(self.running.pop, vm.id, None)
+        return self.store.update_vm(vm, state="running", reason=None, touched_at=now())
+
+    async def restore(self, vm: VM, spec: LaunchSpec, reporter: Reporter) -> tuple[VM, float]:
+        """Start ``vm`` as a clone from the snapshot in ``spec`` and re-home it; the VM and the seconds
+        from launch until it was re-homed (its agent answers as itself; sshd follows, see ssh_pending)."""
+        driver = self.runtimes.driver("qemu")
+        host_key = ssh.read_host_key(Path(vm.vm_dir) / HOST_KEY) or self.make_host_key(vm)
+        identity = rehome.Identity(name=vm.name, mac=vm.mac or "", ip=vm.ip or "", prefixlen=self.network.prefixlen,
+                                   gateway=self.config.bridge_ip, host_key_public=host_key[1].decode().strip())
+        async with contextlib.AsyncExitStack() as undo:
+            tap = await self._attach_network(vm, undo, reporter)
+            reporter.stage("restoring from the snapshot template")
+            started = time.monotonic()
+            handle = await driver.launch(dataclasses.replace(spec, tap=tap, mac=vm.mac))
+            vm = self._adopt_launched(vm, driver, handle, tap, "tcg" if spec.accel == "tcg" else "kvm", undo)
+            restored = time.monotonic() - started
+            reporter.stage("re-homing the clone")
+            socket, vsock = driver.agent_socket(handle)
+            async with await AgentLink.open(socket, vsock=vsock) as link:
+                await link.ping(within=10)
+                answered = time.monotonic() - started
+                await rehome.rehome(link, identity, host_key[0])
+            secs = time.monotonic() - started
+            # sshd is re-executing with the clone's key (a few hundred ms under emulation): whoever wants
+            # SSH waits for it (connect_info), the agent path does not.
+            self.ssh_pending.add(vm.id)
+            reporter.log(f"clone re-homed {secs:.2f}s after launch (restored {restored:.2f}s, "
+                         f"agent answered {answered:.2f}s)")
+            undo.pop_all()
+        return vm, secs
+
     async def provision(self, vm: VM, reporter: Reporter) -> None:
         """Build this start's config disk: banger's SSH key, the host's git identity, ``[[file_sync]]``
         files and the VM's own SSH host key (the guest copies them into place; see guest.provision)."""
+        host_key = ssh.read_host_key(Path(vm.vm_dir) / HOST_KEY) or self.make_host_key(vm)
+        await self.build_config(Path(vm.vm_dir) / provision.CONFIG_DISK, host_key, reporter)
+
+    async def build_config(self, path: Path, host_key: tuple[bytes, bytes], reporter: Reporter) -> None:
+        """The config disk at ``path`` with this host's files and ``host_key`` (VMs and templates)."""
         reporter.stage("building the config disk")
         files, warnings = provision.plan_files(
             self.config.file_sync, Path.home(), public_key_line=ssh.public_key_line(self.key_path),
@@ -120,8 +188,7 @@ class Lifecycle:
         )
         for warning in warnings:
             reporter.log(f"warning: {warning}")
-        host_key = ssh.read_host_key(Path(vm.vm_dir) / HOST_KEY) or self.make_host_key(vm)
-        await provision.build_config_disk(Path(vm.vm_dir) / provision.CONFIG_DISK, files, host_key)
+        await provision.build_config_disk(path, files, host_key)
 
     def make_host_key(self, vm: VM) -> tuple[bytes, bytes]:
         """A new SSH host key for ``vm``, pinned for its address and ``<name>.vm`` before it ever boots."""
@@ -157,6 +224,7 @@ class Lifecycle:
             except Exception as exc:
                 errors.append(exc)
         self.running.pop(vm.id, None)
+        self.ssh_pending.discard(vm.id)
         remove_handles(Path(vm.vm_dir))
         if errors:
             raise ExceptionGroup(f"releasing VM {vm.name!r} left {len(errors)} problem(s)", errors)

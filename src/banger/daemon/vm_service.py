@@ -18,16 +18,18 @@ from typing import Any
 
 from banger import api
 from banger.config import Config, parse_size
+from banger.daemon.exec_service import ExecService
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.locks import KeyedLock
 from banger.daemon.network import NetworkService
 from banger.daemon.operations import Operations
 from banger.daemon.runtime import RuntimeService
-from banger.daemon.vm_create import build_spec, make_disks, new_vm, remove_disks
-from banger.daemon.vm_handles import WORK_DISK, read_handles, write_handles
+from banger.daemon.templates import Template, TemplateService
+from banger.daemon.vm_create import build_spec, make_clone_disks, make_disks, new_vm, remove_disks
+from banger.daemon.vm_handles import CLONE_WORK_DISK, WORK_DISK, read_handles, read_work_disk, write_handles
 from banger.daemon.vm_lifecycle import Lifecycle
-from banger.errors import AlreadyExists, Conflict, GuestError, InvalidArgument, to_rpc_error
+from banger.errors import AlreadyExists, BangerError, Conflict, GuestError, InvalidArgument, to_rpc_error
 from banger.guest import ports, ssh
 from banger.host import storage
 from banger.model import VM, Operation, VMSpec, now
@@ -53,6 +55,9 @@ class VMService:
         self.runtimes = runtimes
         self.key_path = key_path
         self.lifecycle = Lifecycle(config, store, network, runtimes, key_path, layout.known_hosts)
+        self.templates = TemplateService(config, layout.templates_dir, layout.vms_dir, network, runtimes,
+                                         self.lifecycle)
+        self.exec = ExecService(self.lifecycle.running, runtimes.driver)
         self.vm_lock = KeyedLock("vm")
         self.create_lock = asyncio.Lock()
 
@@ -83,17 +88,27 @@ class VMService:
         choice = await self.runtimes.choose(spec.runtime, Path(kernel.dir) / "vmlinux",
                                             Path(kernel.dir) / "initrd.img")
         reporter.log(choice.note)
+        template = await self._template_for(req, spec, image, kernel, choice.runtime, choice.accel, reporter)
         async with self.create_lock:
-            vm = new_vm(req.name, spec, {v.name for v in self.store.list_vms()},
-                        self.network.allocate_ip(self.store.taken_ips()), self.layout.vms_dir)
+            vm = new_vm(req.name, spec, {v.name for v in self.store.list_vms()}, self._free_ip(), self.layout.vms_dir)
             vm = vm.model_copy(update={"runtime": choice.runtime, "creating": True})
             self.store.insert_vm(vm)
+        template_used: str | None = None
         async with self.vm_lock.hold(vm.id), contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(self._discard, vm)
-            reporter.stage("preparing disks")
-            await make_disks(vm, image, self.network.priv)
+            Path(vm.vm_dir).mkdir(parents=True, exist_ok=True)
             self.lifecycle.make_host_key(vm)  # no trust on first use: pinned before the first boot
-            if req.start:
+            if template is not None:
+                restored = await self._restore(vm, template, image, kernel, reporter)
+                if restored is not None:
+                    vm = restored
+                    template_used = template.digest
+                else:
+                    template = None
+            if template is None:
+                reporter.stage("preparing disks")
+                await make_disks(vm, image, self.network.priv)
+            if req.start and template is None:
                 try:
                     vm = await self.lifecycle.start(vm, image, kernel, choice.accel, reporter)
                 except GuestError:
@@ -103,10 +118,62 @@ class VMService:
                     raise
             vm = self.store.update_vm(self.store.get_vm(vm.id), creating=False)
             undo.pop_all()
-        return {"vm": vm.model_dump(mode="json"), "note": choice.note}
+        return {"vm": vm.model_dump(mode="json"), "note": choice.note, "template": template_used}
+
+    def build_template(self, req: api.VMCreate) -> Operation:
+        """``banger vm templates build``: the template a ``vm create`` with these options would clone,
+        built ahead of time as an operation (a no-op when it exists)."""
+        image_name = req.image or self.images.default_name()
+        validate_name("image", image_name)
+        spec = build_spec(req, self.defaults(), image_name, "qemu")
+
+        async def build(reporter: Reporter) -> dict[str, Any]:
+            image = await self.images.ensure(spec.image, reporter)
+            kernel = await self.kernels.ensure(spec.kernel or image.kernel_ref or self.config.default_kernel, reporter)
+            choice = await self.runtimes.choose("qemu", Path(kernel.dir) / "vmlinux", Path(kernel.dir) / "initrd.img")
+            template = await self.templates.ensure(image, kernel, spec, choice.accel, self._free_ip, reporter)
+            return {"template": template.digest, "build_seconds": template.meta.get("build_seconds")}
+
+        return self.operations.start("vm.templates.build", image_name, build)
+
+    def _free_ip(self) -> str:
+        """The lowest address no VM and no template being built holds (callers hold the create lock or
+        run without awaiting between this and recording the address)."""
+        return self.network.allocate_ip(self.store.taken_ips() | self.templates.reserved_ips)
+
+    async def _template_for(self, req: api.VMCreate, spec: VMSpec, image: Any, kernel: Any, runtime: str,
+                            accel: str, reporter: Reporter) -> Template | None:
+        """The snapshot template this VM can start from (built now if missing), or None to boot cold."""
+        if not req.start or req.cold or not self.config.snapshots:
+            return None
+        if runtime != "qemu":
+            reporter.log("snapshot: clones are QEMU-only for now; booting Firecracker cold")
+            return None
+        try:
+            return await self.templates.ensure(image, kernel, spec, accel, self._free_ip, reporter)
+        except BangerError as exc:
+            reporter.log(f"snapshot: no template ({exc.message}); booting cold")
+            log.warning("snapshot template build failed", exc_info=True)
+            return None
+
+    async def _restore(self, vm: VM, template: Template, image: Any, kernel: Any, reporter: Reporter) -> VM | None:
+        """Start ``vm`` as a clone of ``template``; None (and nothing left of the attempt) when that fails,
+        so the caller boots it cold instead."""
+        vm_dir = Path(vm.vm_dir)
+        try:
+            root, work = await make_clone_disks(vm, template.dir, template.digest)
+            spec = template.clone_spec(self.lifecycle, image, kernel, vm.id, vm.name, vm_dir, root, work)
+            restored, _ = await self.lifecycle.restore(vm, spec, reporter)
+            return restored
+        except BangerError as exc:
+            reporter.log(f"snapshot: restoring the clone failed ({exc.message}); booting cold")
+            log.warning("clone restore failed", extra={"vm": vm.name}, exc_info=True)
+            await remove_disks(vm, self.network.priv, keep_dir=True)
+            return None
 
     async def _discard(self, vm: VM) -> None:
         """Undo a create: VMM, TAP, NAT, disks, directory, row."""
+        await self.exec.forget_vm(vm.id)
         current = self.store.find_vm(vm.id) or vm
         handles = self.lifecycle.running.get(vm.id) or read_handles(Path(vm.vm_dir))
         if handles is not None:
@@ -137,6 +204,7 @@ class VMService:
             vm = self.store.get_vm(vm.id)
             if vm.state != "running" and read_handles(Path(vm.vm_dir)) is None:
                 return vm
+            await self.exec.forget_vm(vm.id)
             return await self.lifecycle.stop(vm, graceful=graceful, reason=None if graceful else "killed")
 
     async def restart(self, ref: str) -> VM:
@@ -194,7 +262,11 @@ class VMService:
         if vm.state == "running":
             raise Conflict(f"VM {vm.name!r} is running; its work disk can only be resized while stopped",
                            hint=f"`banger vm stop {vm.name}` first")
-        await storage.resize_work_disk(Path(vm.vm_dir) / WORK_DISK, size)
+        work = read_work_disk(Path(vm.vm_dir))
+        if work.format != "raw":
+            raise Conflict(f"VM {vm.name!r} was cloned from a snapshot template; its work disk cannot grow yet",
+                           hint="create it with --cold (or --disk-size) to get a work disk of another size")
+        await storage.resize_work_disk(work.path, size)
 
     async def _set_nat(self, vm: VM, enabled: bool) -> None:
         handles = self.lifecycle.running.get(vm.id)
@@ -216,10 +288,26 @@ class VMService:
                            hint=f"`banger vm start {vm.name}` first")
         return vm
 
-    def connect_info(self, ref: str) -> api.VMConnectInfo:
-        """Where and how to ssh into a running VM; counts as use for the stale reaper."""
-        vm = self.running_vm(ref)
+    async def sshd_ready(self, vm: VM) -> None:
+        """Return once a just-cloned VM's sshd answers with its new key (at once for any other VM)."""
+        if vm.id not in self.lifecycle.ssh_pending:
+            return
+        handles = self.lifecycle.running.get(vm.id)
+        alive = (lambda: self.runtimes.driver(handles.vmm.runtime).is_alive(handles.vmm)) if handles else None
+        await ssh.wait_port(vm.ip or "", 22, within=15, alive=alive)
+        self.lifecycle.ssh_pending.discard(vm.id)
+
+    def touch(self, vm: VM) -> None:
+        """Count as use for the stale reaper."""
         self.store.update_vm(vm, touched_at=now())
+
+    async def connect_info(self, ref: str, *, wait_ssh: bool = True) -> api.VMConnectInfo:
+        """Where and how to ssh into a running VM (once its sshd answers, with ``wait_ssh``); counts as use
+        for the stale reaper."""
+        vm = self.running_vm(ref)
+        self.touch(vm)
+        if wait_ssh:
+            await self.sshd_ready(vm)
         return api.VMConnectInfo(name=vm.name, ip=vm.ip or "", key_path=str(self.key_path),
                                  known_hosts=str(self.layout.known_hosts),
                                  workdir=vm.workspace.guest_path if vm.workspace else None)
@@ -233,6 +321,7 @@ class VMService:
         async def one(ref: str) -> api.VMPorts:
             try:
                 vm = self.running_vm(ref)
+                await self.sshd_ready(vm)
                 conn = await ssh.connect(vm.ip or "", key_path=self.key_path, known_hosts=self.layout.known_hosts,
                                          host_aliases=(f"{vm.name}.vm",))
                 async with conn:
@@ -273,7 +362,7 @@ class VMService:
 
 def _disk_usage(vm_dir: Path) -> dict[str, dict[str, int]]:
     out = {}
-    for name in ("root.qcow2", "root.ext4", WORK_DISK):
+    for name in ("root.qcow2", "root.ext4", WORK_DISK, CLONE_WORK_DISK):
         with contextlib.suppress(OSError):
             st = (vm_dir / name).stat()
             out[name] = {"size": st.st_size, "allocated": st.st_blocks * 512}

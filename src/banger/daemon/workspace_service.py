@@ -115,6 +115,7 @@ class WorkspaceService:
         return sent, notes
 
     async def _connect(self, vm: VM) -> asyncssh.SSHClientConnection:
+        await self.vms.sshd_ready(vm)
         return await ssh.connect(vm.ip or "", key_path=self.vms.key_path, known_hosts=self.layout.known_hosts,
                                  host_aliases=(f"{vm.name}.vm",))
 

@@ -189,6 +189,10 @@ class FirecrackerVMM:
         await kill_and_wait(handle.pid, handle.control_socket, f"Firecracker for {handle.vm_dir.name}")
         remove_paths(_sockets(handle))
 
+    def agent_socket(self, handle: Handle) -> tuple[Path, bool]:
+        """The guest agent behind Firecracker's vsock socket (a ``CONNECT 52`` opens it)."""
+        return handle.vm_dir / VSOCK_SOCKET, True
+
     def is_alive(self, handle: Handle) -> bool:
         """True while the pid is a Firecracker started with this VM's API socket."""
         return process_matches(handle.pid, handle.control_socket)

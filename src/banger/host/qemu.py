@@ -18,9 +18,11 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
+from banger import script
 from banger.errors import HostError
 from banger.host import run as host_run
 from banger.host.vmm import (
+    AGENT_SOCKET,
     CONSOLE_LOG,
     VMM_LOG,
     Handle,
@@ -40,6 +42,7 @@ from banger.host.vmm import (
 QMP_SOCKET = "qmp.sock"
 VHOST_VSOCK = Path("/dev/vhost-vsock")
 MACHINE = "microvm,x-option-roms=off,rtc=on"
+AGENT_PORT = "org.banger.agent"  # the virtio-serial port banger-agent looks for (its PORT_NAME)
 
 
 def vhost_vsock_available() -> bool:
@@ -75,19 +78,32 @@ def guest_cmdline(spec: LaunchSpec, tsc_khz: int | None) -> str:
 def qemu_argv(binary: str, spec: LaunchSpec, *, vsock: bool, tsc_khz: int | None = None) -> list[str]:
     """The full QEMU command line for ``spec``; ``vsock`` adds a vhost-vsock device."""
     console, qmp = spec.vm_dir / CONSOLE_LOG, spec.vm_dir / QMP_SOCKET
+    machine = MACHINE + (",memory-backend=ram" if spec.memory_file is not None else "")
     argv = [
         binary, "-name", escape_opt(spec.name),
-        "-M", MACHINE, "-accel", spec.accel, "-cpu", "host" if spec.accel == "kvm" else "max",
+        "-M", machine, "-accel", spec.accel, "-cpu", "host" if spec.accel == "kvm" else "max",
         "-smp", str(spec.vcpu), "-m", str(spec.memory_mib),
         "-nodefaults", "-no-user-config", "-nographic",
         "-serial", f"file:{console}", "-kernel", str(spec.kernel), "-append", guest_cmdline(spec, tsc_khz),
     ]
+    if spec.memory_file is not None:
+        share = "on" if spec.memory_shared else "off"
+        argv += ["-object", f"memory-backend-file,id=ram,size={spec.memory_mib}M,"
+                            f"mem-path={escape_opt(spec.memory_file)},share={share}"]
     if spec.initrd is not None:
         argv += ["-initrd", str(spec.initrd)]
-    argv += disk_args(spec) + net_args(spec)
+    argv += disk_args(spec) + net_args(spec) + agent_args(spec.vm_dir / AGENT_SOCKET)
     if vsock and spec.vsock_cid is not None:
         argv += ["-device", f"vhost-vsock-device,guest-cid={spec.vsock_cid}"]
+    if spec.restore_from is not None:
+        argv += ["-incoming", "defer"]
     return in_netns(spec.netns, argv + ["-qmp", f"unix:{escape_opt(qmp)},server=on,wait=off"])
+
+
+def agent_args(socket: Path) -> list[str]:
+    """The guest agent's virtio-serial port, served by QEMU on a Unix socket the daemon connects to."""
+    return ["-chardev", f"socket,id=agent,path={escape_opt(socket)},server=on,wait=off",
+            "-device", "virtio-serial-device", "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}"]
 
 
 def disk_args(spec: LaunchSpec) -> list[str]:
@@ -150,14 +166,18 @@ class QemuVMM:
 
     async def launch(self, spec: LaunchSpec) -> Handle:
         """Start QEMU (the guest boots at once) and wait until QMP reports it running."""
-        qmp = spec.vm_dir / QMP_SOCKET
+        qmp, agent = spec.vm_dir / QMP_SOCKET, spec.vm_dir / AGENT_SOCKET
         check_socket_path(qmp)
-        prepare_vm_dir(spec.vm_dir, (qmp,))
+        check_socket_path(agent)
+        prepare_vm_dir(spec.vm_dir, (qmp, agent))
         vsock = spec.vsock_cid is not None and vhost_vsock_available()
         async with contextlib.AsyncExitStack() as undo:
             argv = qemu_argv(self.binary, spec, vsock=vsock, tsc_khz=host_tsc_khz())
             proc = await self._spawn(argv, spec.vm_dir)
             undo.push_async_callback(self._discard, proc.pid, qmp)
+            if spec.restore_from is not None:
+                await self.wait_qmp(proc, qmp)
+                await self.load_snapshot(proc, qmp, spec.restore_from)
             await self.wait_qmp_running(proc, qmp)
             undo.pop_all()
         extra = {"vsock_cid": spec.vsock_cid} if vsock else {}
@@ -171,7 +191,60 @@ class QemuVMM:
         finally:
             os.close(log)
 
-    async def wait_qmp_running(self, proc: asyncio.subprocess.Process, qmp: Path) -> None:
+    async def wait_qmp(self, proc: asyncio.subprocess.Process, qmp: Path) -> None:
+        """Wait until QMP answers at all (a restoring QEMU waits for its state, not running)."""
+        await self.wait_qmp_running(proc, qmp, running=False)
+
+    async def load_snapshot(self, proc: asyncio.subprocess.Process, qmp: Path, state: Path) -> None:
+        """Load a template's device state into a QEMU started with ``-incoming defer``, then resume it.
+
+        Guest RAM is not in the stream (``x-ignore-shared``): it is the template's memory file, which
+        this QEMU maps copy-on-write.
+        """
+        async with qmp_session(qmp) as client:
+            try:
+                await client.execute("migrate-set-capabilities", {"capabilities": [
+                    {"capability": "x-ignore-shared", "state": True}]})
+                await client.execute("migrate-incoming", {"uri": f"exec:cat {script.quote(state)}"})
+            except (QMPError, OSError, EOFError) as exc:
+                raise HostError(f"QEMU refused the snapshot {state}: {exc}") from exc
+        await self._wait_migration(proc, qmp, f"loading the snapshot {state}")
+        # The template was paused when saved, and a loaded guest keeps the runstate it was saved in.
+        await qmp_execute(qmp, "cont")
+
+    async def save_snapshot(self, handle: Handle, state: Path) -> None:
+        """Pause the guest and write its device state to ``state`` (RAM stays in the shared memory file).
+
+        The guest stays paused: a template is killed after this, never resumed.
+        """
+        async with qmp_session(handle.control_socket) as client:
+            try:
+                await client.execute("stop")
+                await client.execute("migrate-set-capabilities", {"capabilities": [
+                    {"capability": "x-ignore-shared", "state": True}]})
+                await client.execute("migrate", {"uri": f"exec:cat > {script.quote(state)}"})
+            except (QMPError, OSError, EOFError) as exc:
+                raise HostError(f"QEMU could not snapshot {handle.vm_dir.name}: {exc}") from exc
+        await self._wait_migration(None, handle.control_socket, f"saving the snapshot {state}")
+
+    async def _wait_migration(self, proc: asyncio.subprocess.Process | None, qmp: Path, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc is not None and proc.returncode is not None:
+                raise HostError(f"QEMU exited with status {proc.returncode} while {what}: "
+                                f"{log_tail(qmp.parent / VMM_LOG)}")
+            info = await qmp_execute(qmp, "query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise HostError(f"{what} failed: {info.get('error-desc') or status}; "
+                                f"{log_tail(qmp.parent / VMM_LOG)}")
+            if time.monotonic() > deadline:
+                raise HostError(f"{what} did not finish within 60s (status {status})")
+            await asyncio.sleep(0.01)
+
+    async def wait_qmp_running(self, proc: asyncio.subprocess.Process, qmp: Path, *, running: bool = True) -> None:
         """Wait until QMP answers ``query-status`` with running; HostError if QEMU exits or hangs."""
         deadline = time.monotonic() + self.ready_timeout
         while True:
@@ -181,7 +254,7 @@ class QemuVMM:
             if is_socket(qmp):
                 with contextlib.suppress(HostError):
                     status = await qmp_execute(qmp, "query-status")
-                    if status.get("running"):
+                    if status.get("running") or not running:
                         return
             if time.monotonic() > deadline:
                 raise HostError(f"QEMU's QMP socket {qmp} did not report a running guest within "
@@ -190,7 +263,11 @@ class QemuVMM:
 
     async def _discard(self, pid: int, qmp: Path) -> None:
         await kill_and_wait(pid, qmp, "QEMU")
-        remove_paths((qmp,))
+        remove_paths((qmp, qmp.parent / AGENT_SOCKET))
+
+    def agent_socket(self, handle: Handle) -> tuple[Path, bool]:
+        """The guest agent's port: QEMU's chardev socket in the VM directory."""
+        return handle.vm_dir / AGENT_SOCKET, False
 
     async def stop(self, handle: Handle, grace: float = 20) -> None:
         """ACPI power button, then QMP ``quit`` after ``grace`` seconds, then SIGKILL."""
@@ -206,7 +283,7 @@ class QemuVMM:
     async def kill(self, handle: Handle) -> None:
         """SIGKILL QEMU (if it is still ours) and remove its QMP socket."""
         await kill_and_wait(handle.pid, handle.control_socket, f"QEMU for {handle.vm_dir.name}")
-        remove_paths((handle.control_socket,))
+        remove_paths((handle.control_socket, handle.vm_dir / AGENT_SOCKET))
 
     def is_alive(self, handle: Handle) -> bool:
         """True while the pid is a QEMU started with this VM's QMP socket."""

@@ -138,11 +138,16 @@ async def make_root_disk(
 
 
 async def _make_qcow2(base: Path, dest: Path) -> RootDisk:
+    await make_overlay(base, "raw", dest)
+    return RootDisk(dest, "qcow2", "qcow2", files=(dest,))
+
+
+async def make_overlay(base: Path, base_format: DiskFormat, dest: Path) -> None:
+    """A qcow2 overlay ``dest`` over ``base`` (absolute path recorded); nothing is left on failure."""
     async with contextlib.AsyncExitStack() as undo:
         undo.callback(dest.unlink, missing_ok=True)
-        await run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, dest])
+        await run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", _absolute(base), dest])
         undo.pop_all()
-    return RootDisk(dest, "qcow2", "qcow2", files=(dest,))
 
 
 async def _make_copy(strategy: CowStrategy, base: Path, dest: Path) -> RootDisk:

@@ -24,6 +24,7 @@ from banger.ipam import mac_for
 
 CONSOLE_LOG = "console.log"
 VMM_LOG = "vmm.log"
+AGENT_SOCKET = "agent.sock"  # QEMU: the guest agent's virtio-serial port (Firecracker: its vsock socket)
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -55,6 +56,11 @@ class LaunchSpec:
     vsock_cid: int | None = None
     accel: Literal["kvm", "tcg"] = "tcg"  # qemu only
     netns: str | None = None  # run the VMM inside this network namespace (`ip netns exec`)
+    # Snapshot templates and clones (qemu): guest RAM in this file, shared (a template writes it) or
+    # private copy-on-write (a clone reads it), and the clone's device state to load instead of booting.
+    memory_file: Path | None = None
+    memory_shared: bool = False
+    restore_from: Path | None = None
 
     @property
     def guest_mac(self) -> str:
@@ -131,6 +137,10 @@ class VMM(Protocol):
 
     async def describe(self, handle: Handle) -> dict[str, Any]:
         """The configuration and state the VMM itself reports."""
+        ...
+
+    def agent_socket(self, handle: Handle) -> tuple[Path, bool]:
+        """Where the guest agent is reached: the socket, and whether it is a vsock one (``CONNECT``)."""
         ...
 
 

@@ -5,7 +5,8 @@ Recipe (bump :data:`RECIPE_VERSION` whenever the steps below change, so caches r
 1. ``mmdebstrap --variant=minbase`` with :data:`PACKAGES` from the configured mirror (docs, man pages
    and translations excluded);
 2. the static files of ``images/files`` placed per :data:`PLACEMENT` (sshd drop-in, fstab, the network
-   and host-key units, mise activation); units enabled and masked with ``systemctl --root``;
+   and host-key units, mise activation, banger-agent's source and unit); banger-agent compiled in the tree
+   (``chroot TREE gcc -static``); units enabled and masked with ``systemctl --root``;
 3. per-VM identity removed: ssh host keys (each VM's comes from the daemon on its config disk),
    ``/etc/hostname`` (the kernel's
    ``systemd.hostname=`` names the VM), ``/etc/resolv.conf`` (written from ``banger.dns=``),
@@ -36,13 +37,14 @@ from banger.errors import HostError, IntegrityError
 from banger.host.ext4 import make_from_tree, size_for_tree
 from banger.host.http import download, sha256_file
 from banger.host.run import run
+from banger.images import agent
 from banger.images.local import copy_sparse, staging
 from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, read_manifest, utc_now, write_manifest
 from banger.images.seed import SEED_COPY, make_seed_image, mark_seeded
 from banger.names import validate_name
 from banger.progress import Reporter
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 SUITE = "bookworm"
 KERNEL_REF = "debian-6.1"
 MMDEBSTRAP_TIMEOUT = 1200.0
@@ -87,12 +89,14 @@ PLACEMENT: dict[str, tuple[str, int]] = {
     "banger-config": ("usr/local/sbin/banger-config", 0o755),
     "banger-config.service": ("etc/systemd/system/banger-config.service", 0o644),
     "banger-mise.sh": ("etc/profile.d/banger-mise.sh", 0o644),
+    "banger-agent.c": (agent.GUEST_SOURCE, 0o644),
+    "banger-agent.service": (f"etc/systemd/system/{agent.UNIT}", 0o644),
 }
 
 # Docker is socket-activated: dockerd and containerd start on the first `docker` command instead of
 # at every boot, which under emulation costs tens of seconds nobody asked for.
 ENABLE = (
-    "banger-network.service", "banger-config.service", "ssh.service",
+    agent.UNIT, "banger-network.service", "banger-config.service", "ssh.service",
     "serial-getty@ttyS0.service", "docker.socket",
 )  # fmt: skip
 # Units that would fight banger-network, wait for a network manager that is not there, or spend a
@@ -222,8 +226,14 @@ async def installed_packages(tree: Path) -> dict[str, str]:
     return dict(sorted(pairs))
 
 
+async def compile_agent(tree: Path) -> None:
+    """Build banger-agent with the tree's own compiler, so the host needs none and the libc matches."""
+    await run(["chroot", str(tree), *agent.compile_argv(f"/{agent.GUEST_SOURCE}", f"/{agent.GUEST_BINARY}")])
+
+
 async def _customise(tree: Path, seed: Path, mise: Path) -> None:
     await asyncio.to_thread(place_files, tree)
+    await compile_agent(tree)
     await asyncio.to_thread(strip_identity, tree)
     await asyncio.to_thread(install_mise, tree, mise)
     await set_units(tree)

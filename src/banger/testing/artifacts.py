@@ -16,11 +16,14 @@ from banger.paths import Layout
 from banger.store.db import open_db
 from banger.store.repo import Store
 
-# The config system tests run VMs with: QEMU (no KVM here), no Firecracker probe, small VMs.
+# The config system tests run VMs with: QEMU (no KVM here), no Firecracker probe, small VMs, cold boots
+# (each test has a home of its own, so a template would be built for every test and used once; the clone
+# path has tests of its own that turn snapshots on).
 VM_CONFIG = """\
 runtime = "qemu"
 firecracker_bin = "/nonexistent/firecracker"
 tap_pool_size = 1
+snapshots = false
 [vm_defaults]
 vcpu = 2
 memory_mib = 768

@@ -1,0 +1,82 @@
+"""Running a command in a guest through the daemon and the guest agent: `vm run -- CMD`, `vm exec`.
+
+The fast path: no SSH handshake, no sshd session and no PAM in an emulated guest. The CLI starts the
+command, long-polls its output (written to our stdout/stderr as it comes), feeds our stdin from a thread
+on a second connection when it is not a terminal (a terminal's input would need a TTY in the guest:
+interactive use stays on SSH), and passes Ctrl-C on as SIGINT (a second one kills). Returns None when the
+VM has no agent, so the caller uses SSH instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+from banger import api, script
+from banger.client import Client
+from banger.errors import BangerError, GuestError, from_rpc_error
+
+NO_AGENT = "no-agent"  # daemon.exec_service.NO_AGENT (not imported: the CLI stays off the daemon's modules)
+STDIN_CHUNK = 1 << 20
+
+
+def run_in_guest(client: Client, ref: str, command: Sequence[str], workdir: str | None) -> int | None:
+    """Run ``command`` (the CLI's ``-- ARGS``) in VM ``ref``; its exit status, or None without an agent."""
+    try:
+        exec_id = client.vm_exec_start(api.ExecStart(ref=ref, command=script.shell_command(list(command)),
+                                                     workdir=workdir))
+    except GuestError as exc:
+        if exc.data.get("reason") == NO_AGENT:
+            return None
+        raise
+    feeder = _start_stdin(client, exec_id)
+    try:
+        return _follow(client, exec_id)
+    finally:
+        if feeder is not None:
+            feeder.join(timeout=0.1)  # a daemon thread: never holds the exit up
+
+
+def _follow(client: Client, exec_id: str) -> int:
+    offset, interrupts = 0, 0
+    while True:
+        try:
+            out = client.vm_exec_read(exec_id, offset)
+        except KeyboardInterrupt:
+            interrupts += 1
+            client.vm_exec_signal(exec_id, 2 if interrupts == 1 else 9)
+            continue
+        for event in out.events:
+            fd = 1 if event.stream == "stdout" else 2
+            data = base64.b64decode(event.data)
+            while data:
+                data = data[os.write(fd, data):]
+        offset = out.offset
+        if out.done:
+            if out.error is not None:
+                raise from_rpc_error(out.error)
+            return out.status if out.status is not None else 255
+
+
+def _start_stdin(client: Client, exec_id: str) -> threading.Thread | None:
+    """Close the command's stdin at once for a terminal, else copy ours into it from a thread."""
+    if sys.stdin is None or sys.stdin.isatty():
+        client.vm_exec_write(exec_id, eof=True)
+        return None
+    feeder_client = client.another()
+
+    def feed() -> None:
+        try:
+            with feeder_client:
+                while chunk := os.read(0, STDIN_CHUNK):
+                    feeder_client.vm_exec_write(exec_id, base64.b64encode(chunk).decode())
+                feeder_client.vm_exec_write(exec_id, eof=True)
+        except (BangerError, OSError):
+            pass  # the command ended (or the daemon went): its input no longer matters
+
+    thread = threading.Thread(target=feed, name="stdin", daemon=True)
+    thread.start()
+    return thread
