@@ -1,4 +1,5 @@
-"""Workspace prepare and export against a QEMU TCG guest, next to a plain `tar -c | ssh 'tar -x'`.
+"""Workspace prepare and export against a QEMU TCG guest, next to a plain `tar -c | ssh 'tar -x'`, and
+`vm run REPO -- true` from a snapshot clone with the workspace built on the host as a disk.
 
 Run as root; it makes its own network namespace, daemon and VM:
 
@@ -7,7 +8,9 @@ Run as root; it makes its own network namespace, daemon and VM:
 The generated repository is half text (compressible, like source) and half random bytes (like assets),
 in one commit. Reported: `vm workspace prepare` wall time and bytes sent (shallow mode: work tree + a pack
 of HEAD's objects, in one tar), the baseline tar over the same SSH link into the same guest, their ratio,
-and `vm workspace export` wall time after the guest changed ``--changed`` files.
+and `vm workspace export` wall time after the guest changed ``--changed`` files. Then, with snapshots on:
+`vm run REPO -- CMD` end to end on a clone (template built first, not counted), the guest's HEAD and
+`git status` checked, its ratio to the baseline, and the export of ``--changed`` files through the agent.
 """
 
 from __future__ import annotations
@@ -83,11 +86,11 @@ def run(args: argparse.Namespace, ns: NetNS, tmp: Path) -> None:
           f"{time.perf_counter() - t0:.1f}s")
     home = Home(netns=ns.name)
     home.layout.config_file.parent.mkdir(parents=True, exist_ok=True)
-    home.layout.config_file.write_text(VM_CONFIG)
+    home.layout.config_file.write_text(VM_CONFIG.replace("snapshots = false", "snapshots = true"))
     install_kernel(home.layout, Path(args.kernel_dir))
     install_image(home.layout, Path(args.image_dir))
     try:
-        home.cli("vm", "create", "--name", "wb", "--memory", "1024", "--disk-size", "4G", check=True)
+        home.cli("vm", "create", "--name", "wb", "--memory", "1024", "--disk-size", "4G", "--cold", check=True)
         ip = json.loads(home.cli("vm", "show", "wb", "--json", check=True).stdout)["ip"]
         t0 = time.perf_counter()
         res = json.loads(home.cli("vm", "workspace", "prepare", "wb", str(repo), "--json", check=True).stdout)
@@ -104,8 +107,28 @@ def run(args: argparse.Namespace, ns: NetNS, tmp: Path) -> None:
         home.cli("vm", "workspace", "export", "wb", "--output", str(out), check=True)
         print(f"export of {args.changed} changed files: {time.perf_counter() - t0:.1f}s wall, "
               f"patch {out.stat().st_size / 2**20:.1f} MiB")
-    finally:
         home.cli("vm", "kill", "wb", timeout=120)
+
+        home.cli("vm", "templates", "build", "--memory", "1024", "--disk-size", "4G", check=True, timeout=600)
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        t0 = time.perf_counter()
+        proc = home.cli("vm", "run", str(repo), "--name", "wo", "--memory", "1024", "--disk-size", "4G", "--",
+                        "true", check=True)
+        off_wall = time.perf_counter() - t0
+        state = home.cli("vm", "exec", "wo", "--", "git rev-parse HEAD; git status --porcelain | wc -l",
+                         check=True).stdout.split()
+        print(f"vm run REPO -- true (clone + offline workspace) {off_wall:7.1f}s wall; guest HEAD "
+              f"{'= host' if state[0] == head else '!= host ' + state[0]}, `git status` lines {state[1]}")
+        print(f"  {[line for line in proc.stderr.splitlines() if 'workspace' in line]}")
+        print(f"ratio offline vm run / tar | ssh   {off_wall / base_secs:7.2f}x")
+        home.cli("vm", "exec", "wo", "--", change, check=True)
+        t0 = time.perf_counter()
+        home.cli("vm", "workspace", "export", "wo", "--output", str(out), check=True)
+        print(f"export of {args.changed} changed files (agent): {time.perf_counter() - t0:.1f}s wall, "
+              f"patch {out.stat().st_size / 2**20:.1f} MiB")
+    finally:
+        home.cli("vm", "kill", "wb", "wo", timeout=120)
         home.cleanup()
 
 

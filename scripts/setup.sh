@@ -14,7 +14,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils e2fsprogs mmdebstrap debian-archive-keyring gpgv
   busybox-static util-linux tmux bind9-dnsutils systemd
 )
-TEST_PACKAGES=(skopeo docker-registry openssh-server cpio procps)
+TEST_PACKAGES=(skopeo docker-registry openssh-server cpio procps gcc libc6-dev)
 
 want=("${PACKAGES[@]}")
 [[ " $* " == *" --test "* ]] && want+=("${TEST_PACKAGES[@]}")

@@ -96,6 +96,9 @@ class VMCreate(Params):
     nat: bool = False
     start: bool = True  # False = create stopped (`--no-start`)
     cold: bool = False  # True = boot from the image even when a snapshot template could be cloned
+    # A repository for the new VM, built on the host as its workspace disk when the VM is a clone (the
+    # result's "workspace" says so); otherwise the caller prepares it the streaming way once the VM runs.
+    workspace: WorkspacePrepare | None = None
 
 
 class ExecStart(Params):
@@ -369,3 +372,6 @@ class Check(Result):
 
 class DoctorResult(Result):
     checks: list[Check]
+
+
+VMCreate.model_rebuild()  # its workspace field names a model defined further down

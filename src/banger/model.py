@@ -43,6 +43,7 @@ class Workspace(Record):
     head_commit: str  # 40-hex commit the guest HEAD equals
     branch: str | None = None  # guest-only branch, if one was made
     mode: Literal["shallow", "full_copy"] = "shallow"
+    offline: bool = False  # built on the host as the VM's workspace disk (mounted at guest_path at each start)
     prepared_at: datetime = Field(default_factory=now)
 
 

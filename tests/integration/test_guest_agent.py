@@ -145,3 +145,15 @@ async def test_malformed_exec_and_unknown_kinds_are_refused(link: agent.AgentLin
     with pytest.raises(GuestError, match="SETTIME takes 8 bytes"):
         await link._call(agent.SETTIME, b"123")
     assert (await link.exec(["true"])).status == 0  # the link survives all of them
+
+
+async def test_a_caller_that_gives_up_kills_the_command(link: agent.AgentLink, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+
+    def refuse(data: bytes) -> None:
+        raise GuestError("output refused")
+
+    with pytest.raises(GuestError, match="output refused"):
+        await link.exec(["sh", "-c", f"echo $$ > {marker}; while :; do echo x; sleep 0.1; done"], on_stdout=refuse)
+    assert await _gone(int(marker.read_text())), "the command kept running after its caller gave up"
+    assert (await link.exec(["true"])).status == 0

@@ -102,3 +102,38 @@ def test_cold_flag_boots_from_the_image(vm_home: Home) -> None:
     assert not (vm_home.layout.state_dir / "templates").exists() or not list(
         (vm_home.layout.state_dir / "templates").iterdir())
     assert (Path(vm["vm_dir"]) / "work.ext4").exists()
+
+
+@pytest.mark.parametrize("vm_home", [SNAPSHOTS], indirect=True)
+def test_clone_with_a_workspace_built_offline(vm_home: Home, tmp_path: Path) -> None:
+    from test_workspace import git, make_repo, round_trip, sh  # the same repo and round trip as streaming
+
+    repo = make_repo(tmp_path)
+    (repo / "src/main.c").write_text("int main(void) { return 1; }\n")  # a dirty tree ships as it is
+    head = git(repo, "rev-parse", "HEAD").strip()
+    vm_home.cli("vm", "templates", "build", check=True, timeout=400)
+
+    proc = vm_home.cli("vm", "run", str(repo), "-d", "--name", "wsc", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "built into a disk" in proc.stderr, proc.stderr
+    shown = json.loads(vm_home.cli("vm", "show", "wsc", "--json", check=True).stdout)["workspace"]
+    assert shown["offline"] and shown["head_commit"] == head and shown["guest_path"] == "/root/repo"
+
+    # HEAD is the host's, the index is valid as shipped: only the host's own edit shows, nothing re-hashed.
+    assert sh(vm_home, "wsc", "git rev-parse HEAD").strip() == head
+    assert sh(vm_home, "wsc", "git status --porcelain").strip() == "M src/main.c"
+    assert sh(vm_home, "wsc", "git symbolic-ref --short HEAD").strip() == "main"
+    assert sh(vm_home, "wsc", "git config user.name").strip() == "Repo Person"
+    assert sh(vm_home, "wsc", "findmnt -n -o SOURCE,FSTYPE /root/repo").split()[1] == "ext4"
+    assert vm_home.cli("vm", "exec", "wsc", "--", "cat src/main.c", check=True).stdout == \
+        "int main(void) { return 1; }\n", "commands run in the workspace directory"
+
+    git(repo, "checkout", "-q", "--", "src/main.c")
+    sh(vm_home, "wsc", "git checkout -q -- src/main.c")
+    round_trip(vm_home, "wsc", repo, tmp_path / "clone-offline")
+
+    # The disk is the VM's: a stop and a cold start mount it again, with the guest's changes.
+    vm_home.cli("vm", "stop", "wsc", check=True, timeout=120)
+    vm_home.cli("vm", "start", "wsc", check=True, timeout=300)
+    assert sh(vm_home, "wsc", "git log -1 --format=%s").strip() == "guest commit"
+    vm_home.cli("vm", "delete", "wsc", check=True, timeout=120)

@@ -44,6 +44,10 @@ def test_patch_carries_commits_edits_and_untracked(tmp_path: Path) -> None:
     assert commit == base
     assert sorted(paths) == ["a.txt", "committed.bin", "gone.txt", "new file é.txt", "staged.txt"]
     diff = run(work, "bash", "-c", patch.patch_script(str(work), base))
+    # The one-pass script (the agent's export) says the same: names, then the very same patch.
+    both = run(work, "sh", "-c", patch.export_script(str(work), base))
+    split = patch.split_export(both)
+    assert split is not None and split[:2] == (commit, paths) and both[split[2]:] == diff
 
     assert run(work, "git", "status", "--porcelain") == status
     assert (work / ".git" / "index").read_bytes() == index, "the real index is never written"

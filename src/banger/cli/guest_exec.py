@@ -3,7 +3,8 @@
 The fast path: no SSH handshake, no sshd session and no PAM in an emulated guest. The CLI starts the
 command, long-polls its output (written to our stdout/stderr as it comes), feeds our stdin from a thread
 on a second connection when it is not a terminal (a terminal's input would need a TTY in the guest:
-interactive use stays on SSH), and passes Ctrl-C on as SIGINT (a second one kills). Returns None when the
+interactive use stays on SSH), and passes Ctrl-C on as SIGINT over a third (a second Ctrl-C kills); the
+command's status is ours. Returns None when the
 VM has no agent, so the caller uses SSH instead.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -41,24 +43,38 @@ def run_in_guest(client: Client, ref: str, command: Sequence[str], workdir: str 
 
 
 def _follow(client: Client, exec_id: str) -> int:
-    offset, interrupts = 0, 0
-    while True:
+    interrupts = 0
+    side: list[Client] = []  # a second connection: the main one may be mid-read when Ctrl-C comes
+
+    def interrupted(signo: int, frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
         try:
+            if not side:
+                side.append(client.another())
+            side[0].vm_exec_signal(exec_id, 2 if interrupts == 1 else 9)
+        except (BangerError, OSError):
+            pass  # it finished meanwhile (or the daemon went): the read loop says which
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        offset = 0
+        while True:
             out = client.vm_exec_read(exec_id, offset)
-        except KeyboardInterrupt:
-            interrupts += 1
-            client.vm_exec_signal(exec_id, 2 if interrupts == 1 else 9)
-            continue
-        for event in out.events:
-            fd = 1 if event.stream == "stdout" else 2
-            data = base64.b64decode(event.data)
-            while data:
-                data = data[os.write(fd, data):]
-        offset = out.offset
-        if out.done:
-            if out.error is not None:
-                raise from_rpc_error(out.error)
-            return out.status if out.status is not None else 255
+            for event in out.events:
+                fd = 1 if event.stream == "stdout" else 2
+                data = base64.b64decode(event.data)
+                while data:
+                    data = data[os.write(fd, data):]
+            offset = out.offset
+            if out.done:
+                if out.error is not None:
+                    raise from_rpc_error(out.error)
+                return out.status if out.status is not None else 255
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for extra in side:
+            extra.close()
 
 
 def _start_stdin(client: Client, exec_id: str) -> threading.Thread | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from banger.api import VMSet
+from banger.api import VMSet, WorkspacePrepare, WorkspacePrepareResult
 from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.model import VM
@@ -86,18 +86,23 @@ def _create_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quiet: bool = False) -> VM:
-    """Start a vm.create operation, follow it, and return the VM (shared with `vm run`)."""
+def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quiet: bool = False,
+              workspace: WorkspacePrepare | None = None) -> tuple[VM, WorkspacePrepareResult | None]:
+    """Start a vm.create operation, follow it, and return the VM (shared with `vm run`) and, when the
+    daemon built ``workspace`` into it as a disk, what it prepared."""
     from banger.api import VMCreate
     from banger.cli.progress import run
 
-    req = VMCreate(start=start, **{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
+    req = VMCreate(start=start, workspace=workspace,
+                   **{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
     op = run(ctx.client, lambda: ctx.client.vm_create(req), quiet=quiet)
     result = op.result or {}
     for line in op.log:
         if line.startswith(("runtime ", "snapshot: ")):
             render.echo(line, stderr=True)
-    return VM.model_validate(result["vm"])
+    prepared = result.get("workspace")
+    built = WorkspacePrepareResult.model_validate(prepared) if prepared else None
+    return VM.model_validate(result["vm"]), built
 
 
 @vm.command("create")
@@ -107,7 +112,7 @@ def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quie
 @pass_ctx
 def vm_create(ctx: Context, no_start: bool, as_json: bool, **opts: object) -> None:
     """Create a VM (and start it, unless --no-start)."""
-    v = create_vm(ctx, opts, start=not no_start)
+    v, _ = create_vm(ctx, opts, start=not no_start)
     if as_json:
         render.as_json(v)
     else:

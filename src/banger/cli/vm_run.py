@@ -83,18 +83,22 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
     banger vm run ./repo -- make test   # repo copied to /root/repo, command run there
     """
     command = guest_command()
+    ws_req = None
     if path is not None:  # a repo in a state prepare refuses fails here, before any VM exists
         ctx.client.vm_workspace_prepare(workspace.prepare_request(None, path, dry_run=True))
+        ws_req = workspace.prepare_request(None, path)
     if detach and (remove or command):
         raise InvalidArgument("-d/--detach runs the VM in the background: it takes neither --rm nor a command")
     render.echo(_spec_line(ctx, opts), stderr=True)
     try:
-        v = create_vm(ctx, opts)
+        v, built = create_vm(ctx, opts, workspace=ws_req)
     except GuestError as exc:
         if remove:
             exc.hint = (exc.hint or "") + "; --rm kept the VM because SSH never came up"
         raise
-    if path is not None:
+    if built is not None:  # a clone: the daemon built the repo into it as a disk
+        workspace.print_prepared(built)
+    elif path is not None:
         _prepare_workspace(ctx, v.name, path, remove)
     if detach:
         render.echo(v.name)

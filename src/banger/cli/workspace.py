@@ -31,7 +31,10 @@ def prepare_request(ref: str | None, path: str, **opts: object) -> api.Workspace
 def print_prepared(result: api.WorkspacePrepareResult) -> None:
     """One summary line on stderr, plus any notes (tool bootstrap)."""
     ws = result.workspace
-    if ws is not None:
+    if ws is not None and ws.offline:
+        render.echo(f"workspace {ws.guest_path} <- {ws.host_path} @ {ws.head_commit[:12]} ({ws.mode}): "
+                    f"{result.file_count} files built into a disk in {result.seconds:.1f}s", stderr=True)
+    elif ws is not None:
         render.echo(f"workspace {ws.guest_path} <- {ws.host_path} @ {ws.head_commit[:12]} ({ws.mode}): "
                     f"{result.file_count} files, {render.size(result.bytes_sent)} sent in "
                     f"{result.seconds:.1f}s", stderr=True)

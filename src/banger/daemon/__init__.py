@@ -20,9 +20,15 @@ Modules:
                   writes into a work dir, the image's kernel is ensured, then one rename + row commits it.
 - ``vm_service``  VMService: every VM request (create, start/stop/restart/kill/delete, prune, set, logs,
                   stats, connect, ports); owns the per-VM lock and the create lock; fans out multi-VM calls.
-- ``vm_create``   the create pipeline's pure parts and disk steps (spec, row, root + work disk).
+- ``vm_create``   the create pipeline's pure parts and disk steps (spec, row, root + work disk, a clone's
+                  overlays over its template).
+- ``templates``   TemplateService: ``<state>/templates``: snapshot templates (one cold boot + QEMU save per
+                  VM shape), found or built for a create, listed and pruned; owns the template lock.
+- ``exec_service``  ExecService: ``vm.exec.*``: commands run through each running VM's guest agent (one
+                  multiplexed AgentLink per VM), output long-polled by the CLI; owns the agent-link lock.
 - ``vm_lifecycle``  Lifecycle: the VM's host key (made and pinned at create), the per-start config disk,
-                  TAP + TAP filter + NAT, VMM launch, SSH readiness, stop, release.
+                  TAP + TAP filter + NAT, VMM launch, SSH readiness, a clone's restore and re-homing
+                  (``guest.rehome``), stop, release.
 - ``vm_handles``  ``handles.json`` (running VM's pid, sockets, TAP, NAT) and ``disks.json`` per VM dir.
 - ``reconcile``   at start: re-adopt live VMMs, undo interrupted creates, mark dead VMs, sweep TAPs;
                   while running: the dead-VMM watcher and the stale reaper.
@@ -41,16 +47,21 @@ Modules:
                   TCP connections capped.
 
 Services and what they own: KernelService (kernels dir + table, kernel lock), ImageService (images dir +
-table, image lock), VMService (VM rows + dirs, per-VM lock, create lock), NetworkService (bridge, TAP pool,
-NAT rules, TAP filters), RuntimeService (probe lock). Every root-only host change goes through
-``host.privileged``, which the composition root hands to every service that needs it (storage included):
-in process when bangerd is root, bangerd-root when it serves a system install as the owner.
+table, image lock), VMService (VM rows + dirs, per-VM lock, create lock; it holds TemplateService
+(templates dir, template lock) and ExecService (agent links, exec sessions, agent-link lock)),
+NetworkService (bridge, TAP pool, NAT rules, TAP filters), RuntimeService (probe lock). Every root-only host
+change goes through ``host.privileged``, which the composition root hands to every service that needs it
+(storage included): in process when bangerd is root, bangerd-root when it serves a system install as the
+owner.
 
 Lock ordering (always acquire left to right, never hold a right-hand lock while taking a left-hand one):
 
-    per-VM lock -> workspace lock -> {create lock, image lock, kernel lock} -> leaf locks (bridge, tap pool)
+    per-VM lock -> workspace lock -> {create lock, image lock, kernel lock, template lock}
+                 -> leaf locks (bridge, tap pool, agent link)
 
 Within the middle tier an image change takes the image lock, then the kernel lock (it may pull its kernel).
+A create takes the template lock (building a template if needed) before the create lock and the new VM's
+lock, and never holds it while taking either.
 
 Global locks are held only around millisecond critical sections (reserve name + IP + insert row); every
 wait is cancellable.

@@ -52,6 +52,7 @@ class Daemon:
         self.vms = VMService(config, layout, store, self.operations, self.images, self.kernels, self.network,
                              self.runtimes, self.key_path)
         self.workspaces = WorkspaceService(layout, store, self.vms)
+        self.vms.workspaces = self.workspaces  # create builds a clone's workspace disk through it
         self._background: list[asyncio.Task[None]] = []
         self.dns = VmDnsServer(self.vms.resolve_dns)
         self.dns_status = "not started"

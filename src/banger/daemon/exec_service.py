@@ -26,7 +26,7 @@ from banger import api
 from banger.daemon.locks import KeyedLock
 from banger.daemon.vm_handles import Handles
 from banger.errors import Conflict, GuestError, NotFound, to_rpc_error
-from banger.guest.agent import AgentLink, AgentProcess
+from banger.guest.agent import AgentLink, AgentProcess, AgentResult
 from banger.host.vmm import VMM
 
 log = logging.getLogger("banger.daemon.exec")
@@ -81,7 +81,12 @@ class ExecService:
         async with self.link_lock.hold(vm_id):
             known = self.links.get(vm_id)
             if known is not None and known[0] == boot and known[1].alive:
-                return known[1]
+                # QEMU keeps the socket up when only the guest's agent went away: ask it, cheaply.
+                try:
+                    await known[1].ping(within=2.0)
+                    return known[1]
+                except Exception:
+                    log.info("the guest agent stopped answering; reconnecting", extra={"vm": name})
             if known is not None:
                 await known[1].close()
                 self.links.pop(vm_id, None)
@@ -113,13 +118,21 @@ class ExecService:
                     asyncio.get_running_loop().create_task(session.proc.signal(9))
             return put
 
-        session.proc = await link.spawn(["/bin/sh", "-c", *SHELL, "banger", req.command], cwd=req.workdir or "",
-                                        env=req.env, on_stdout=sink("stdout"), on_stderr=sink("stderr"),
-                                        limit=0)
+        session.proc = await link.spawn(["/bin/sh", "-c", *SHELL, "banger", req.command],
+                                        cwd=req.workdir or "/root", env=req.env, on_stdout=sink("stdout"),
+                                        on_stderr=sink("stderr"), limit=0)
         self.sessions[session.id] = session
         asyncio.get_running_loop().create_task(self._finish(session))
         self._ensure_reaper()
         return api.ExecStarted(id=session.id)
+
+    async def run(self, vm_id: str, name: str, script: str, *, on_stdout: Callable[[bytes], None],
+                  timeout: float) -> AgentResult:
+        """Run a script of banger's own in the guest (as root, in /root) and wait for it; GuestError with
+        data reason ``no-agent`` when the VM has none (the caller uses SSH)."""
+        link = await self._link(vm_id, name)
+        return await link.exec(["/bin/sh", "-c", script], cwd="/root", on_stdout=on_stdout, limit=64 << 10,
+                               timeout=timeout)
 
     async def _finish(self, session: Session) -> None:
         assert session.proc is not None

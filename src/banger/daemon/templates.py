@@ -39,7 +39,7 @@ from banger.daemon.locks import KeyedLock
 from banger.daemon.network import NetworkService
 from banger.daemon.runtime import RuntimeService
 from banger.daemon.vm_handles import DISKS, read_work_disk
-from banger.daemon.vm_lifecycle import Lifecycle
+from banger.daemon.vm_lifecycle import Lifecycle, workspace_slot
 from banger.errors import GuestError, HostError
 from banger.files import write_atomic
 from banger.guest import ssh
@@ -55,7 +55,7 @@ from banger.progress import Reporter
 log = logging.getLogger("banger.daemon.templates")
 
 MEMORY, STATE, ROOT, WORK, CONFIG, META = "memory", "state", "root.qcow2", "work.ext4", "config.ext4", "template.json"
-FORMAT = 1  # bump when the template layout or the clone procedure changes
+FORMAT = 2  # bump when the template layout or the clone procedure changes
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ class Template:
         spec = lifecycle.boot_spec(
             vm_id, name, self.meta["ip"], self.meta["mac"], "qemu", image, kernel,
             disks=(Disk(root, format="qcow2"), Disk(work, format="qcow2")), config_disk=self.dir / CONFIG,
-            tap="", vcpu=key["vcpu"], memory_mib=key["memory_mib"], vm_dir=vm_dir, accel=self.meta["accel"],
+            workspace_disk=workspace_slot(vm_dir), tap="", vcpu=key["vcpu"], memory_mib=key["memory_mib"],
+            vm_dir=vm_dir, accel=self.meta["accel"],
         )
         return _with_memory(spec, self.dir / MEMORY, shared=False, restore_from=self.dir / STATE)
 
@@ -192,7 +193,8 @@ class TemplateService:
             spec = self.lifecycle.boot_spec(
                 vm_id, name, ip, mac, "qemu", image, kernel,
                 disks=(Disk(stage / ROOT, format="qcow2"), Disk(stage / WORK)), config_disk=stage / CONFIG,
-                tap=tap, vcpu=key.vcpu, memory_mib=key.memory_mib, vm_dir=stage, accel=accel)
+                workspace_disk=workspace_slot(stage), tap=tap, vcpu=key.vcpu, memory_mib=key.memory_mib,
+                vm_dir=stage, accel=accel)
             reporter.stage("template: booting")
             handle = await driver.launch(_with_memory(spec, stage / MEMORY, shared=True, restore_from=None))
             undo.push_async_callback(driver.kill, handle)

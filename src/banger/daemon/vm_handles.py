@@ -18,6 +18,7 @@ from banger.host.vmm import Handle
 HANDLES = "handles.json"
 DISKS = "disks.json"
 WORK_DISK = "work.ext4"
+WORKSPACE_DISK = "workspace.ext4"  # the workspace slot: a repo image built on the host, or blank (sparse)
 CLONE_WORK_DISK = "work.qcow2"  # a clone's work disk: an overlay over its template's (see daemon.templates)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from banger.config import Config
 from banger.daemon.network import NetworkService
 from banger.daemon.runtime import RuntimeService
 from banger.daemon.vm_handles import (
+    WORKSPACE_DISK,
     Handles,
     read_handles,
     read_root_disk,
@@ -31,6 +33,7 @@ from banger.host.vmm import VMM, Disk, Handle, LaunchSpec
 from banger.model import VM, Image, Kernel, now
 from banger.progress import Reporter
 from banger.store.repo import Store
+from banger.workspace import image as workspace_image
 
 log = logging.getLogger("banger.daemon.vm")
 STOP_GRACE = 20.0
@@ -61,13 +64,15 @@ class Lifecycle:
         work = read_work_disk(vm_dir)
         disks = (Disk(root.path, format=root.format), Disk(work.path, format=work.format))
         return self.boot_spec(vm.id, vm.name, vm.ip or "", vm.mac, vm.runtime or "qemu", image, kernel,
-                              disks=disks, config_disk=vm_dir / provision.CONFIG_DISK, tap=tap, vcpu=vm.spec.vcpu,
+                              disks=disks, config_disk=vm_dir / provision.CONFIG_DISK,
+                              workspace_disk=workspace_slot(vm_dir), tap=tap, vcpu=vm.spec.vcpu,
                               memory_mib=vm.spec.memory_mib, vm_dir=vm_dir, accel=accel)
 
     def boot_spec(self, vm_id: str, name: str, ip: str, mac: str | None, runtime: str, image: Image, kernel: Kernel,
-                  *, disks: tuple[Disk, Disk], config_disk: Path, tap: str, vcpu: int, memory_mib: int,
-                  vm_dir: Path, accel: str) -> LaunchSpec:
-        """The launch spec of a cold boot: root and work disk, the kernel's modules, the config disk last."""
+                  *, disks: tuple[Disk, Disk], config_disk: Path, workspace_disk: Path, tap: str, vcpu: int,
+                  memory_mib: int, vm_dir: Path, accel: str) -> LaunchSpec:
+        """The launch spec of a cold boot: root and work disk, the kernel's modules, the config disk, and
+        last the workspace slot (see :func:`workspace_device`)."""
         kdir = Path(kernel.dir)
         modules = kdir / "modules.ext4"
         all_disks = list(disks)
@@ -81,6 +86,7 @@ class Lifecycle:
             config_disk=f"/dev/vd{chr(96 + len(all_disks))}", init=init, runtime=runtime,
             extra=self.config.vm_defaults.kernel_args,
         )
+        all_disks.append(Disk(workspace_disk))
         initrd = kdir / "initrd.img"
         return LaunchSpec(
             vm_id=vm_id, name=name, kernel=kdir / "vmlinux", initrd=initrd if initrd.exists() else None,
@@ -97,7 +103,8 @@ class Lifecycle:
         async with contextlib.AsyncExitStack() as undo:
             tap = await self._attach_network(vm, undo, reporter)
             reporter.stage(f"starting {vm.runtime}")
-            handle = await driver.launch(self.launch_spec(vm, image, kernel, tap, accel))
+            handle_spec = self.launch_spec(vm, image, kernel, tap, accel)
+            handle = await driver.launch(handle_spec)
             vm = self._adopt_launched(vm, driver, handle, tap, accel, undo)
             if wait:
                 reporter.stage("waiting for guest")
@@ -118,6 +125,12 @@ class Lifecycle:
                         ) from exc
                     raise GuestError(f"VM {vm.name!r} stopped during boot: {exc.message}",
                                      hint=f"see `banger vm logs {vm.name}`") from exc
+                if vm.workspace is not None and vm.workspace.offline:
+                    reporter.stage("mounting the workspace")
+                    socket, vsock = driver.agent_socket(handle)
+                    async with await AgentLink.open(socket, vsock=vsock) as link:
+                        await link.ping(within=30)
+                        await mount_workspace(link, vm, handle_spec)
             undo.pop_all()
         return vm
 
@@ -164,6 +177,9 @@ class Lifecycle:
                 await link.ping(within=10)
                 answered = time.monotonic() - started
                 await rehome.rehome(link, identity, host_key[0])
+                if vm.workspace is not None and vm.workspace.offline:
+                    reporter.stage("mounting the workspace")
+                    await mount_workspace(link, vm, spec)
             secs = time.monotonic() - started
             # sshd is re-executing with the clone's key (a few hundred ms under emulation): whoever wants
             # SSH waits for it (connect_info), the agent path does not.
@@ -228,3 +244,28 @@ class Lifecycle:
         remove_handles(Path(vm.vm_dir))
         if errors:
             raise ExceptionGroup(f"releasing VM {vm.name!r} left {len(errors)} problem(s)", errors)
+
+
+def workspace_slot(directory: Path) -> Path:
+    """The workspace slot file in ``directory``: the repo image when one was built, else made blank."""
+    path = directory / WORKSPACE_DISK
+    if not path.exists():
+        with open(path, "wb") as f:
+            f.truncate(workspace_image.SLOT_SIZE)
+    return path
+
+
+def workspace_device(spec: LaunchSpec) -> str:
+    """The guest device of the workspace slot: always the last disk."""
+    return f"/dev/vd{chr(96 + len(spec.disks))}"
+
+
+async def mount_workspace(link: AgentLink, vm: VM, spec: LaunchSpec) -> None:
+    """Mount the VM's workspace disk at its guest path, through the guest agent."""
+    assert vm.workspace is not None
+    text = workspace_image.mount_script(workspace_device(spec), vm.workspace.guest_path,
+                                        trust_owner=os.geteuid() != 0)
+    result = await link.exec(["/bin/sh", "-c", text], timeout=60)
+    if result.status != 0:
+        raise GuestError(f"mounting the workspace disk at {vm.workspace.guest_path} in VM {vm.name!r} failed "
+                         f"({result.status}): {result.stderr.decode(errors='replace')[-300:]}")

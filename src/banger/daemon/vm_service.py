@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from banger import api
 from banger.config import Config, parse_size
@@ -27,18 +27,37 @@ from banger.daemon.operations import Operations
 from banger.daemon.runtime import RuntimeService
 from banger.daemon.templates import Template, TemplateService
 from banger.daemon.vm_create import build_spec, make_clone_disks, make_disks, new_vm, remove_disks
-from banger.daemon.vm_handles import CLONE_WORK_DISK, WORK_DISK, read_handles, read_work_disk, write_handles
+from banger.daemon.vm_handles import (
+    CLONE_WORK_DISK,
+    WORK_DISK,
+    WORKSPACE_DISK,
+    read_handles,
+    read_work_disk,
+    write_handles,
+)
 from banger.daemon.vm_lifecycle import Lifecycle
 from banger.errors import AlreadyExists, BangerError, Conflict, GuestError, InvalidArgument, to_rpc_error
 from banger.guest import ports, ssh
 from banger.host import storage
-from banger.model import VM, Operation, VMSpec, now
+from banger.model import VM, Operation, VMSpec, Workspace, now
 from banger.names import validate_name
 from banger.paths import Layout
 from banger.progress import NullReporter, Reporter
 from banger.store.repo import Store
 
 log = logging.getLogger("banger.daemon.vm")
+
+
+class OfflineWorkspaces(Protocol):
+    """What create needs of the WorkspaceService (which itself depends on this service)."""
+
+    def offline_eligible(self, req: api.WorkspacePrepare) -> bool: ...
+
+    async def build_offline(self, vm: VM, req: api.WorkspacePrepare,
+                            dest: Path) -> tuple[Workspace, api.WorkspacePrepareResult, set[str]]: ...
+
+    async def bootstrap_offline(self, vm: VM, req: api.WorkspacePrepare, ws: Workspace,
+                                entries_top: set[str]) -> list[str]: ...
 
 
 class VMService:
@@ -58,6 +77,7 @@ class VMService:
         self.templates = TemplateService(config, layout.templates_dir, layout.vms_dir, network, runtimes,
                                          self.lifecycle)
         self.exec = ExecService(self.lifecycle.running, runtimes.driver)
+        self.workspaces: OfflineWorkspaces | None = None  # set by the composition root
         self.vm_lock = KeyedLock("vm")
         self.create_lock = asyncio.Lock()
 
@@ -94,10 +114,20 @@ class VMService:
             vm = vm.model_copy(update={"runtime": choice.runtime, "creating": True})
             self.store.insert_vm(vm)
         template_used: str | None = None
+        prepared: api.WorkspacePrepareResult | None = None
+        top: set[str] = set()
         async with self.vm_lock.hold(vm.id), contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(self._discard, vm)
             Path(vm.vm_dir).mkdir(parents=True, exist_ok=True)
             self.lifecycle.make_host_key(vm)  # no trust on first use: pinned before the first boot
+            offline = (template is not None and req.workspace is not None and self.workspaces is not None
+                       and self.workspaces.offline_eligible(req.workspace))
+            if offline:
+                assert req.workspace is not None and self.workspaces is not None
+                reporter.stage("building the workspace disk")
+                ws, prepared, top = await self.workspaces.build_offline(vm, req.workspace,
+                                                                      Path(vm.vm_dir) / WORKSPACE_DISK)
+                vm = self.store.update_vm(vm, workspace=ws)
             if template is not None:
                 restored = await self._restore(vm, template, image, kernel, reporter)
                 if restored is not None:
@@ -116,9 +146,13 @@ class VMService:
                         undo.pop_all()
                         self.store.update_vm(self.store.get_vm(vm.id), creating=False)
                     raise
+            if prepared is not None and req.workspace is not None and self.workspaces is not None \
+                    and vm.workspace is not None:
+                prepared.notes += await self.workspaces.bootstrap_offline(vm, req.workspace, vm.workspace, top)
             vm = self.store.update_vm(self.store.get_vm(vm.id), creating=False)
             undo.pop_all()
-        return {"vm": vm.model_dump(mode="json"), "note": choice.note, "template": template_used}
+        return {"vm": vm.model_dump(mode="json"), "note": choice.note, "template": template_used,
+                "workspace": prepared.model_dump(mode="json") if prepared is not None else None}
 
     def build_template(self, req: api.VMCreate) -> Operation:
         """``banger vm templates build``: the template a ``vm create`` with these options would clone,

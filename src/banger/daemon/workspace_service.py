@@ -15,6 +15,7 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -28,7 +29,7 @@ from banger.guest import ssh
 from banger.model import VM, Workspace
 from banger.paths import Layout
 from banger.store.repo import Store
-from banger.workspace import patch, plan, repo
+from banger.workspace import image, patch, plan, repo
 
 log = logging.getLogger("banger.daemon.workspace")
 
@@ -67,6 +68,40 @@ class WorkspaceService:
         return api.WorkspacePrepareResult(
             workspace=ws, file_count=len(entries), file_bytes=sum(e.size for e in entries), bytes_sent=sent,
             seconds=round(time.monotonic() - started, 3), notes=notes)
+
+    @staticmethod
+    def offline_eligible(req: api.WorkspacePrepare) -> bool:
+        """Whether ``req`` can be built on the host as a disk (a shallow ship of the host's HEAD)."""
+        return req.mode == "shallow" and not req.from_ref and not req.dry_run
+
+    async def build_offline(self, vm: VM, req: api.WorkspacePrepare,
+                            dest: Path) -> tuple[Workspace, api.WorkspacePrepareResult, set[str]]:
+        """The repository of ``req`` as the workspace image ``dest`` for the VM being created (not yet
+        booted: no lock needed, nothing else knows the VM). Refusals come before anything is built."""
+        started = time.monotonic()
+        guest = plan.guest_path(req.guest_path)
+        info, head = await self._checked_repo(req)
+        entries = await repo.work_tree_entries(info, include_untracked=req.include_untracked,
+                                               recurse_submodules=False)
+        built = await image.build(info, head, req.branch or info.branch, entries, dest,
+                                  Path(vm.vm_dir) / f"workspace-{secrets.token_hex(4)}")
+        ws = Workspace(guest_path=guest, host_path=str(info.root), head_commit=head, branch=req.branch,
+                       mode="shallow", offline=True)
+        log.info("workspace image built", extra={"vm": vm.name, "files": built.files, "seconds": built.seconds})
+        notes = [f"workspace built on the host: {', '.join(f'{k} {v:.2f}s' for k, v in built.seconds.items())}"]
+        top = {e.path.split("/", 1)[0] for e in entries}
+        return ws, api.WorkspacePrepareResult(
+            workspace=ws, file_count=built.files, file_bytes=built.bytes, bytes_sent=0,
+            seconds=round(time.monotonic() - started, 3), notes=notes), top
+
+    async def bootstrap_offline(self, vm: VM, req: api.WorkspacePrepare, ws: Workspace,
+                                entries_top: set[str]) -> list[str]:
+        """The tool bootstrap of an offline workspace (over SSH, only when the repo asks for one)."""
+        if req.no_bootstrap or not plan.wants_bootstrap(entries_top):
+            return []
+        async with await self._connect(vm) as conn:
+            notes = await self._bootstrap(conn, vm, ws.guest_path, entries_top, req)
+        return notes
 
     async def _checked_repo(self, req: api.WorkspacePrepare) -> tuple[repo.RepoInfo, str]:
         info = await repo.inspect(Path(req.path), as_user=requesting_user())
@@ -175,20 +210,62 @@ class WorkspaceService:
             out_dir.mkdir(exist_ok=True)
             dest = out_dir / f"export-{time.time_ns()}.patch"
             try:
-                async with await self._connect(vm) as conn:
-                    commit, paths = await self._changed(conn, vm, ws.guest_path, base)
-                    res = await workspace_stream.drain_to_file(conn, patch.patch_script(ws.guest_path, commit),
-                                                               dest, limit=patch.MAX_PATCH)
+                through_agent = await self._export_via_agent(vm, ws.guest_path, base, dest)
+                if through_agent is None:
+                    async with await self._connect(vm) as conn:
+                        commit, paths = await self._changed(conn, vm, ws.guest_path, base)
+                        res = await workspace_stream.drain_to_file(
+                            conn, patch.patch_script(ws.guest_path, commit), dest, limit=patch.MAX_PATCH)
+                    if res.exit_status != 0:
+                        raise GuestError(f"`git diff` in VM {vm.name!r} failed ({res.exit_status}): "
+                                         f"{_tail(res.stderr)}")
+                else:
+                    commit, paths = through_agent
             except BaseException:
                 dest.unlink(missing_ok=True)
                 raise
-        if res.exit_status != 0:
-            dest.unlink(missing_ok=True)
-            raise GuestError(f"`git diff` in VM {vm.name!r} failed ({res.exit_status}): {_tail(res.stderr)}")
         result = _export_result(base, commit, paths, dest)
         if result.export_id is not None:
             self._exports[result.export_id] = dest
         return result
+
+    async def _export_via_agent(self, vm: VM, guest: str, base: str, dest: Path) -> tuple[str, list[str]] | None:
+        """Names and patch in one guest pass through the agent, the patch written to ``dest``; None when
+        the VM has no agent (the caller uses SSH)."""
+        head = bytearray()
+        state: dict[str, Any] = {"split": None, "size": 0}
+        with open(dest, "wb") as out:
+            def sink(data: bytes) -> None:
+                if state["split"] is None:
+                    head.extend(data)
+                    found = patch.split_export(bytes(head))
+                    if found is None:
+                        if len(head) > patch.MAX_PATCH:
+                            raise GuestError(f"the change list of {guest} in VM {vm.name!r} is too long")
+                        return
+                    state["split"] = found
+                    data = bytes(head[found[2]:])
+                state["size"] += len(data)
+                if state["size"] > patch.MAX_PATCH:
+                    raise GuestError(f"the patch of {guest} in VM {vm.name!r} is over {patch.MAX_PATCH >> 20} MiB",
+                                     hint="commit and push from the guest instead")
+                out.write(data)
+
+            try:
+                res = await self.vms.exec.run(vm.id, vm.name, patch.export_script(guest, base), on_stdout=sink,
+                                              timeout=600)
+            except GuestError as exc:
+                if exc.data.get("reason") == "no-agent":
+                    return None
+                raise
+        if res.status == patch.BAD_BASE_STATUS:
+            raise InvalidArgument(f"--base-commit {base!r} is not a commit in {guest} in VM {vm.name!r}",
+                                  hint="a shallow workspace only has the prepared commit and later ones")
+        if res.status != 0 or state["split"] is None:
+            raise GuestError(f"exporting {guest} in VM {vm.name!r} failed ({res.status}): {_tail(res.stderr)}",
+                             hint=f"is {guest} still a git repository?")
+        commit, paths, _ = state["split"]
+        return commit, paths
 
     async def read_export(self, export_id: str, offset: int) -> api.ExportChunk:
         """The next chunk of a big export; the daemon's copy goes with the last one (never a path to the CLI)."""

@@ -225,6 +225,11 @@ class AgentLink:
                     await proc.signal(9)
                 raise OperationTimeout(f"{argv[0]!r} in the guest did not finish within {timeout:g}s",
                                        hint="it was killed; pass a longer timeout") from exc
+            except BaseException:
+                # Given up here (a sink refused its output, the caller was cancelled): end it there too.
+                with contextlib.suppress(GuestError, OSError, ConnectionError):
+                    await proc.signal(9)
+                raise
         finally:
             proc.forget()
 
@@ -241,6 +246,7 @@ class AgentProcess:
         self._bufs = {STDOUT: bytearray(), STDERR: bytearray()}
         self._limit = limit
         self._truncated = False
+        self._exited = False  # the agent reported the exit (done can also mean given up here)
         self._acks: asyncio.Queue[None] = asyncio.Queue()
         self._result: asyncio.Future[AgentResult] = asyncio.get_running_loop().create_future()
         self._pump = asyncio.create_task(self._read())
@@ -259,6 +265,7 @@ class AgentProcess:
                     self._truncated = self._truncated or len(payload) > room
                     buf += payload[:max(room, 0)]
                 elif kind == EXIT:
+                    self._exited = True
                     (raw,) = struct.unpack(">I", payload[:4].rjust(4, b"\0"))
                     self._result.set_result(AgentResult(decode_status(raw), bytes(self._bufs[STDOUT]),
                                                         bytes(self._bufs[STDERR]), self._truncated))
@@ -299,8 +306,8 @@ class AgentProcess:
             await self._until_ack()
 
     async def signal(self, signo: int) -> None:
-        """Send ``signo`` to the command's process group (SIGKILL = 9)."""
-        if not self.done:
+        """Send ``signo`` to the command's process group (SIGKILL = 9), unless it has exited."""
+        if not self._exited and self._link.alive:
             await self._link._send(self._chan, SIGNAL, bytes([signo]))
 
     async def wait(self) -> AgentResult:

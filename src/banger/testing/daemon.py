@@ -29,10 +29,15 @@ class Home:
     def _wrap(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
 
+    def cli_argv(self, *args: str) -> list[str]:
+        """The command line of ``banger ARGS`` (inside the namespace, if any; ``ip netns exec`` execs it,
+        so a signal sent to the process reaches the CLI), for a test that runs it itself."""
+        return self._wrap([sys.executable, "-m", "banger.cli", *args])
+
     def cli(self, *args: str, check: bool = False, timeout: float = 600, input: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``banger ARGS`` as a subprocess (inside the namespace, if any) and capture its output."""
-        argv = self._wrap([sys.executable, "-m", "banger.cli", *args])
+        argv = self.cli_argv(*args)
         proc = subprocess.run(argv, env={**self.env, **(env or {})}, capture_output=True, text=True,
                               timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
         if check and proc.returncode != 0:

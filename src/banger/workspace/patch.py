@@ -43,6 +43,23 @@ def patch_script(guest: str, base: str) -> str:
     return _prologue(guest, base).raw(DIFF + ' --binary --full-index "$base"').render()
 
 
+def export_script(guest: str, base: str) -> str:
+    """Both in one pass (one `git add -A`): the base, NUL, the changed paths each NUL-terminated, one more
+    NUL, then the patch (see :func:`split_export`)."""
+    s = _prologue(guest, base).raw('printf "%s\\0" "$base"').raw(DIFF + ' --name-only -z "$base"')
+    return s.raw("printf '\\0'").raw(DIFF + ' --binary --full-index "$base"').render()
+
+
+def split_export(head: bytes) -> tuple[str, list[str], int] | None:
+    """(base commit, changed paths, offset where the patch starts) from the start of
+    :func:`export_script` output; None when ``head`` does not reach the end of the list yet."""
+    cut = head.find(b"\0\0")
+    if cut < 0:
+        return None
+    base, names = parse_names(head[:cut + 1])
+    return base, names, cut + 2
+
+
 def parse_names(out: bytes) -> tuple[str, list[str]]:
     """(base commit, changed paths) from :func:`names_script` output."""
     fields = out.decode(errors="surrogateescape").split("\0")
