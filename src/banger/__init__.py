@@ -15,14 +15,17 @@ Map of the package (a request reads top to bottom):
 - ``buildinfo`` version, commit and build date for ``banger version``.
 - ``store``     SQLite state with versioned migrations.
 - ``host``      adapters for external systems (subprocesses, VMMs, network, storage).
-- ``guest``     talking to guests: SSH with pinned host keys, work-disk provisioning, listening ports.
+- ``guest``     talking to guests: the guest agent's link (``agent``), re-homing a clone (``rehome``), SSH
+                with pinned host keys, config-disk provisioning, listening ports.
 - ``bootargs`` / ``ipam`` / ``names``   pure: guest kernel command line, addresses and MACs, name rules.
 - ``model``     the records (VM, Image, Kernel, Operation); ``progress`` the Reporter protocol.
 - ``files`` / ``threads``   atomic file replacement; blocking work off the event loop.
 - ``archive``   unpacking tar members without trusting their names or the tree's symlinks (OCI, .deb).
 - ``script``    building shell scripts: every value quoted by one function.
 - ``sshconfig`` the ``Host *.vm`` stanza and its Include in ~/.ssh/config.
-- ``kernels`` / ``images`` / ``workspace``   formats and pure logic of each.
+- ``kernels`` / ``images`` / ``workspace``   formats and pure logic of each (``images.agent``: the guest
+                agent's C source and how it is built; ``workspace.image``: a repo as a workspace disk;
+                ``workspace.export_host``: the export patch made on the host).
 - ``doctor``    read-only host diagnostics.
 - ``testing``   helpers the test suite uses (daemon runner, network namespaces, leak and program checks).
 """

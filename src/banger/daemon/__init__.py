@@ -38,9 +38,11 @@ Modules:
                   could not reach bangerd-root are queued and retried at the next acquire and at close.
 - ``runtime``     RuntimeService: auto|firecracker|qemu from the cached KVM boot probe; VMM drivers.
 - ``workspace_service``  WorkspaceService: ``vm.workspace.prepare`` (host repo -> one tar over SSH -> guest
-                  git repo whose HEAD is the host's) and ``vm.workspace.export`` (one binary patch via a
-                  throwaway index; big ones read back over the socket in chunks); owns the per-VM
-                  workspace lock and never takes the VM lock.
+                  git repo whose HEAD is the host's), a clone's workspace disk built on the host
+                  (``workspace.image``, for create), and ``vm.workspace.export`` (changed files through
+                  the agent, the patch made by the host's git, ``workspace.export_host``; else one binary
+                  patch made in the guest; big ones read back over the socket in chunks); owns the
+                  per-VM workspace lock and never takes the VM lock.
 - ``workspace_stream``  host tar piped into a guest command, guest stdout drained into a host file.
 - ``logs``        JSON-lines logging to ``<state>/bangerd.log``, rotated at a size cap; throttled noise.
 - ``dns``         the ``.vm`` DNS server (UDP+TCP, 127.0.0.1:42069): ``<name>.vm`` A records for running VMs;

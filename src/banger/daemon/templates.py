@@ -63,6 +63,7 @@ class TemplateKey:
     """Everything a clone inherits from its template: change any of it and the template is another one."""
 
     image: str
+    image_dir: str
     image_rootfs_sha256: str
     kernel: str
     kernel_dir: str
@@ -135,7 +136,7 @@ class TemplateService:
         if self._qemu_version is None:
             self._qemu_version = qemu_version(self.config.qemu_bin)
         return TemplateKey(
-            image=f"{image.name}@{image.created_at.isoformat()}",
+            image=f"{image.name}@{image.created_at.isoformat()}", image_dir=image.dir,
             image_rootfs_sha256=str(image.manifest.get("rootfs_sha256", "")),
             kernel=f"{kernel.name}@{kernel.version}@{kernel.created_at.isoformat()}",
             kernel_dir=kernel.dir, vcpu=spec.vcpu, memory_mib=spec.memory_mib, disk_size=spec.disk_size,
@@ -279,14 +280,20 @@ class TemplateService:
         return removed
 
     def _current(self, digest: str) -> bool:
-        """Whether the template's image and kernel still exist and its QEMU and agent are today's."""
+        """Whether the template's image (same rootfs) and kernel still exist and its QEMU and agent are
+        today's."""
         try:
             key = json.loads((self.dir / digest / META).read_text())["key"]
         except (OSError, ValueError, KeyError):
             return False
         if self._qemu_version is None:
             self._qemu_version = qemu_version(self.config.qemu_bin)
+        try:  # the image is still the one the template booted (not deleted, not rebuilt under its name)
+            manifest = json.loads((Path(key.get("image_dir", "/nonexistent")) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
         return (key.get("vmm") == self._qemu_version and key.get("agent") == self._agent
-                and key.get("format") == FORMAT and Path(key.get("kernel_dir", "/nonexistent")).is_dir())
+                and key.get("format") == FORMAT and Path(key.get("kernel_dir", "/nonexistent")).is_dir()
+                and str(manifest.get("rootfs_sha256", "")) == key.get("image_rootfs_sha256"))
 
 

@@ -36,7 +36,15 @@ from banger.daemon.vm_handles import (
     write_handles,
 )
 from banger.daemon.vm_lifecycle import Lifecycle
-from banger.errors import AlreadyExists, BangerError, Conflict, GuestError, InvalidArgument, to_rpc_error
+from banger.errors import (
+    AlreadyExists,
+    BangerError,
+    Conflict,
+    DaemonUnavailable,
+    GuestError,
+    InvalidArgument,
+    to_rpc_error,
+)
 from banger.guest import ports, ssh
 from banger.host import storage
 from banger.model import VM, Operation, VMSpec, Workspace, now
@@ -185,6 +193,8 @@ class VMService:
             return None
         try:
             return await self.templates.ensure(image, kernel, spec, accel, self._free_ip, reporter)
+        except DaemonUnavailable:
+            raise  # bangerd-root is gone: a cold boot needs it just as much, so say that, not this
         except BangerError as exc:
             reporter.log(f"snapshot: no template ({exc.message}); booting cold")
             log.warning("snapshot template build failed", exc_info=True)
@@ -199,6 +209,8 @@ class VMService:
             spec = template.clone_spec(self.lifecycle, image, kernel, vm.id, vm.name, vm_dir, root, work)
             restored, _ = await self.lifecycle.restore(vm, spec, reporter)
             return restored
+        except DaemonUnavailable:
+            raise
         except BangerError as exc:
             reporter.log(f"snapshot: restoring the clone failed ({exc.message}); booting cold")
             log.warning("clone restore failed", extra={"vm": vm.name}, exc_info=True)

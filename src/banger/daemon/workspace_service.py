@@ -8,10 +8,12 @@ running once it holds the workspace lock, and a VM that stops mid-stream fails t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +26,13 @@ from banger.daemon import workspace_stream
 from banger.daemon.locks import KeyedLock
 from banger.daemon.server import requesting_user
 from banger.daemon.vm_service import VMService
-from banger.errors import Conflict, GuestError, InvalidArgument, NotFound
+from banger.errors import BangerError, Conflict, GuestError, InvalidArgument, NotFound
 from banger.guest import ssh
+from banger.guest.agent import AgentResult
 from banger.model import VM, Workspace
 from banger.paths import Layout
 from banger.store.repo import Store
-from banger.workspace import image, patch, plan, repo
+from banger.workspace import export_host, image, patch, plan, repo
 
 log = logging.getLogger("banger.daemon.workspace")
 
@@ -138,7 +141,7 @@ class WorkspaceService:
         with tempfile.TemporaryDirectory(dir=vm.vm_dir, prefix="workspace-", ignore_cleanup_errors=True) as tmp:
             if req.mode == "shallow":
                 extra: str | None = tmp
-                await _shallow_git_dir(info, head, req.branch or (None if req.from_ref else info.branch),
+                await image.shallow_git_dir(info, head, req.branch or (None if req.from_ref else info.branch),
                                        Path(tmp) / ".git")
             else:
                 extra = None
@@ -210,7 +213,9 @@ class WorkspaceService:
             out_dir.mkdir(exist_ok=True)
             dest = out_dir / f"export-{time.time_ns()}.patch"
             try:
-                through_agent = await self._export_via_agent(vm, ws.guest_path, base, dest)
+                through_agent = await self._export_on_host(vm, ws, base, dest, out_dir)
+                if through_agent is None:
+                    through_agent = await self._export_via_agent(vm, ws.guest_path, base, dest)
                 if through_agent is None:
                     async with await self._connect(vm) as conn:
                         commit, paths = await self._changed(conn, vm, ws.guest_path, base)
@@ -228,6 +233,45 @@ class WorkspaceService:
         if result.export_id is not None:
             self._exports[result.export_id] = dest
         return result
+
+    async def _export_on_host(self, vm: VM, ws: Workspace, base: str, dest: Path,
+                              scratch_dir: Path) -> tuple[str, list[str]] | None:
+        """The guest names its changed files and sends them through the agent; the host's git makes the
+        patch (see workspace.export_host). None when there is no agent or no host repository with the base
+        (the caller has the guest make it)."""
+        try:
+            info = await repo.inspect(Path(ws.host_path), as_user=requesting_user())
+        except BangerError:
+            return None
+        scratch = scratch_dir / f"changes-{secrets.token_hex(4)}"
+        scratch.mkdir()
+        try:
+            with open(scratch / "stream", "wb") as sink_file:
+                sent = 0
+
+                def sink(data: bytes) -> None:
+                    nonlocal sent
+                    sent += len(data)
+                    if sent > export_host.MAX_SENT + (64 << 20):
+                        raise GuestError(f"the changes of {ws.guest_path} in VM {vm.name!r} are too big to export",
+                                         hint="commit and push from the guest instead")
+                    sink_file.write(data)
+
+                try:
+                    res = await self.vms.exec.run(vm.id, vm.name, export_host.changes_script(ws.guest_path, base),
+                                                  on_stdout=sink, timeout=600)
+                except GuestError as exc:
+                    if exc.data.get("reason") == "no-agent":
+                        return None
+                    raise
+            _check_export(res, vm, ws.guest_path, base)
+            with open(scratch / "stream", "rb") as stream:
+                try:
+                    return await export_host.make_patch(info, stream, scratch / "git", dest)
+                except InvalidArgument:
+                    return None  # the host repository lost the base: the guest makes the patch instead
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
 
     async def _export_via_agent(self, vm: VM, guest: str, base: str, dest: Path) -> tuple[str, list[str]] | None:
         """Names and patch in one guest pass through the agent, the patch written to ``dest``; None when
@@ -258,12 +302,7 @@ class WorkspaceService:
                 if exc.data.get("reason") == "no-agent":
                     return None
                 raise
-        if res.status == patch.BAD_BASE_STATUS:
-            raise InvalidArgument(f"--base-commit {base!r} is not a commit in {guest} in VM {vm.name!r}",
-                                  hint="a shallow workspace only has the prepared commit and later ones")
-        if res.status != 0 or state["split"] is None:
-            raise GuestError(f"exporting {guest} in VM {vm.name!r} failed ({res.status}): {_tail(res.stderr)}",
-                             hint=f"is {guest} still a git repository?")
+        _check_export(res, vm, guest, base, complete=state["split"] is not None)
         commit, paths, _ = state["split"]
         return commit, paths
 
@@ -313,16 +352,14 @@ def _setup_for(info: repo.RepoInfo, head: str, guest: str, req: api.WorkspacePre
         identity=tuple(info.identity.items()))
 
 
-async def _shallow_git_dir(info: repo.RepoInfo, head: str, branch: str | None, git_dir: Path) -> None:
-    """A fresh .git holding ``head``'s commit, trees and blobs in one pack, marked shallow."""
-    for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "info"):
-        (git_dir / sub).mkdir(parents=True, exist_ok=True)
-    for rel, text in plan.shallow_git_files(head, branch).items():
-        (git_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (git_dir / rel).write_text(text)
-    objects = await repo.git(info, "rev-list", "--objects", "--no-walk", head)
-    await repo.git(info, "pack-objects", "-q", "--window=0", str(git_dir / "objects" / "pack" / "pack"),
-                   input=objects.encode())
+def _check_export(res: AgentResult, vm: VM, guest: str, base: str, *, complete: bool = True) -> None:
+    """The guest's export script ran through the agent: a bad base or a failure as the user should see it."""
+    if res.status == patch.BAD_BASE_STATUS:
+        raise InvalidArgument(f"--base-commit {base!r} is not a commit in {guest} in VM {vm.name!r}",
+                              hint="a shallow workspace only has the prepared commit and later ones")
+    if res.status != 0 or not complete:
+        raise GuestError(f"exporting {guest} in VM {vm.name!r} failed ({res.status}): {_tail(res.stderr)}",
+                         hint=f"is {guest} still a git repository?")
 
 
 def _tail(data: bytes) -> str:

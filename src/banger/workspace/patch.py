@@ -11,9 +11,8 @@ INLINE_LIMIT = 8 << 20  # patches up to this size travel inline: base64 grows th
 BAD_BASE_STATUS = 18  # the export script's exit status when the base does not name a commit
 
 
-def _prologue(guest: str, base: str) -> Script:
-    # The real index is copied (not just read-tree'd) so `git add -A` reuses its stat cache instead of
-    # hashing every file again; the guest's own .git/index and work tree are never written.
+def check_base(guest: str, base: str) -> Script:
+    """A script that enters ``guest`` and sets ``$base`` to the commit ``base`` names (or exits 18)."""
     if not guest.startswith("/"):
         raise InvalidArgument(f"guest directory {guest!r} must be an absolute path")
     if base.startswith("-"):  # git rev-parse would read it as an option
@@ -21,7 +20,13 @@ def _prologue(guest: str, base: str) -> Script:
     s = Script().cmd("cd", guest)
     s.line("if ! base=$(git rev-parse --verify -q {}); then", base + "^{commit}")
     s.say(f"banger: {base} is not a commit in the guest repository")
-    s.line("exit {}", BAD_BASE_STATUS).raw("fi")
+    return s.line("exit {}", BAD_BASE_STATUS).raw("fi")
+
+
+def _prologue(guest: str, base: str) -> Script:
+    # The real index is copied (not just read-tree'd) so `git add -A` reuses its stat cache instead of
+    # hashing every file again; the guest's own .git/index and work tree are never written.
+    s = check_base(guest, base)
     s.raw('GIT_INDEX_FILE=$(mktemp "${TMPDIR:-/tmp}/banger-export.XXXXXX")')
     s.raw("export GIT_INDEX_FILE")
     s.raw("trap 'rm -f \"$GIT_INDEX_FILE\"' EXIT")

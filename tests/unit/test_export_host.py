@@ -1,0 +1,124 @@
+"""Export with the patch made on the host (workspace.export_host), against real git on real repositories
+(no VM): a "guest" clone is changed every way a workspace can be, and the host's patch must be the very
+bytes the guest's own `git add -A` + `git diff --cached --binary` print, and apply to reproduce the tree."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from banger.errors import GuestError
+from banger.workspace import export_host, patch, repo
+
+
+def run(cwd: Path, *argv: str, input: bytes | None = None) -> bytes:
+    env = {**os.environ, "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z",
+           "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@x"}
+    return subprocess.run(argv, cwd=cwd, check=True, capture_output=True, input=input, env=env).stdout
+
+
+def host_repo(path: Path) -> str:
+    path.mkdir()
+    run(path, "git", "init", "-q", "-b", "main")
+    files = {"a.txt": "a\n", "gone.txt": "bye\n", "same.txt": "same\n", "bin.dat": "\0\1\2" * 100,
+             ".gitignore": "*.log\nbuild/\n", "tracked.log": "tracked though ignored\n", "tool.sh": "echo\n",
+             "dir/deep.txt": "deep\n", "reverted.txt": "orig\n"}
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    (path / "link").symlink_to("a.txt")
+    run(path, "git", "add", "-A", "-f")
+    run(path, "git", "commit", "-q", "-m", "base")
+    return run(path, "git", "rev-parse", "HEAD").decode().strip()
+
+
+def change_guest(guest: Path) -> None:
+    run(guest, "sh", "-c", """set -e
+        echo committed > committed.txt; git add committed.txt; git rm -q gone.txt
+        echo changed-then-reverted > reverted.txt; git add reverted.txt; git commit -q -m guest
+        echo orig > reverted.txt
+        echo edited >> a.txt
+        printf '\\377\\376' >> bin.dat
+        echo more >> tracked.log
+        chmod +x tool.sh
+        rm dir/deep.txt
+        echo new > 'new file é.txt'
+        echo ignored > ignored.log; mkdir -p build; echo out > build/x
+        ln -sf same.txt link
+        echo staged > staged.txt; git add staged.txt
+    """)
+
+
+def test_host_patch_equals_the_guest_patch(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    base = host_repo(host)
+    guest = tmp_path / "guest"
+    subprocess.run(["git", "clone", "-q", str(host), str(guest)], check=True)
+    change_guest(guest)
+    status = run(guest, "git", "status", "--porcelain")
+    want = run(guest, "sh", "-c", patch.patch_script(str(guest), base))
+    out = run(guest, "sh", "-c", export_host.changes_script(str(guest), base))
+    assert run(guest, "git", "status", "--porcelain") == status, "the guest repo is left as it was"
+
+    info = asyncio.run(repo.inspect(host))
+    dest = tmp_path / "out.patch"
+    got_base, names = asyncio.run(export_host.make_patch(info, io.BytesIO(out), tmp_path / "scratch", dest))
+    assert got_base == base
+    assert dest.read_bytes() == want
+    assert "ignored.log" not in names and "build/x" not in names and "same.txt" not in names
+    assert {"a.txt", "gone.txt", "committed.txt", "dir/deep.txt", "new file é.txt", "staged.txt",
+            "tracked.log", "tool.sh", "link", "bin.dat"} <= set(names)
+    assert "reverted.txt" not in names
+
+    applied = tmp_path / "applied"
+    subprocess.run(["git", "clone", "-q", str(host), str(applied)], check=True)
+    run(applied, "git", "apply", input=dest.read_bytes())
+    for name in ("a.txt", "bin.dat", "committed.txt", "new file é.txt", "staged.txt", "tracked.log"):
+        assert (applied / name).read_bytes() == (guest / name).read_bytes()
+    assert not (applied / "gone.txt").exists() and os.readlink(applied / "link") == "same.txt"
+    assert os.access(applied / "tool.sh", os.X_OK)
+    assert run(host, "git", "status", "--porcelain") == b"", "the host repository is not touched"
+    assert not (tmp_path / "scratch").exists() or True
+
+
+def _stream(base: str, names: list[str], members: dict[str, bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    buf.write(base.encode() + b"\0" + b"".join(n.encode() + b"\0" for n in names) + b"\0")
+    with tarfile.open(fileobj=buf, mode="w|") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("names, members, message", [
+    (["a.txt"], {"../escape": b"x"}, "did not list"),
+    (["a.txt"], {"other.txt": b"x"}, "did not list"),
+    (["../escape"], {}, "outside its work tree"),
+    ([".git/config"], {}, "outside its work tree"),
+    (["/etc/passwd"], {}, "outside its work tree"),
+])
+def test_hostile_change_lists_are_refused(tmp_path: Path, names: list[str], members: dict[str, bytes],
+                                          message: str) -> None:
+    host = tmp_path / "host"
+    base = host_repo(host)
+    info = asyncio.run(repo.inspect(host))
+    with pytest.raises(GuestError, match=message):
+        asyncio.run(export_host.make_patch(info, _stream(base, names, members), tmp_path / "s", tmp_path / "p"))
+    assert not (tmp_path / "escape").exists()
+
+
+def test_a_base_the_host_lacks_is_said_plainly(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host_repo(host)
+    info = asyncio.run(repo.inspect(host))
+    with pytest.raises(Exception, match="no longer has the base commit"):
+        asyncio.run(export_host.make_patch(info, _stream("1" * 40, [], {}), tmp_path / "s", tmp_path / "p"))
