@@ -257,6 +257,7 @@ class WorkspaceService:
                                          hint="commit and push from the guest instead")
                     sink_file.write(data)
 
+                started = time.monotonic()
                 try:
                     res = await self.vms.exec.run(vm.id, vm.name, export_host.changes_script(ws.guest_path, base),
                                                   on_stdout=sink, timeout=600)
@@ -265,11 +266,17 @@ class WorkspaceService:
                         return None
                     raise
             _check_export(res, vm, ws.guest_path, base)
+            guest_secs = time.monotonic() - started
             with open(scratch / "stream", "rb") as stream:
                 try:
-                    return await export_host.make_patch(info, stream, scratch / "git", dest)
+                    made = await export_host.make_patch(info, stream, scratch / "git", dest)
                 except InvalidArgument:
                     return None  # the host repository lost the base: the guest makes the patch instead
+            host_secs = time.monotonic() - started - guest_secs
+            log.info("export made on the host", extra={"vm": vm.name, "guest_seconds": round(guest_secs, 2),
+                                                        "host_seconds": round(host_secs, 2), "sent_bytes": sent,
+                                                        "paths": len(made[1])})
+            return made
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
