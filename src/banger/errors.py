@@ -92,6 +92,9 @@ class GuestError(BangerError):
     exit_code = 7
 
 
+NO_AGENT = "no-agent"  # GuestError data reason: the VM has no guest agent answering; callers use SSH
+
+
 class IntegrityError(BangerError):
     code = -32040
     exit_code = 8

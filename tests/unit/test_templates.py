@@ -14,7 +14,7 @@ from banger.host.storage import RootDisk
 
 
 def service(tmp_path: Path) -> templates.TemplateService:
-    return templates.TemplateService(Config(), tmp_path / "templates", tmp_path / "vms", None, None, None)  # type: ignore[arg-type]
+    return templates.TemplateService(Config(), tmp_path / "templates", tmp_path / "vms", None, None)  # type: ignore[arg-type]
 
 
 def fake_template(svc: templates.TemplateService, tmp_path: Path, name: str, **key_changes: Any) -> Path:

@@ -19,9 +19,8 @@ from collections.abc import Sequence
 
 from banger import api, script
 from banger.client import Client
-from banger.errors import BangerError, GuestError, from_rpc_error
+from banger.errors import NO_AGENT, BangerError, GuestError, from_rpc_error
 
-NO_AGENT = "no-agent"  # daemon.exec_service.NO_AGENT (not imported: the CLI stays off the daemon's modules)
 STDIN_CHUNK = 1 << 20
 
 

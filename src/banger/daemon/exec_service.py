@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from banger import api
 from banger.daemon.locks import KeyedLock
 from banger.daemon.vm_handles import Handles
-from banger.errors import Conflict, GuestError, NotFound, to_rpc_error
+from banger.errors import NO_AGENT, Conflict, GuestError, NotFound, to_rpc_error
 from banger.guest.agent import AgentLink, AgentProcess, AgentResult
 from banger.host.vmm import VMM
 
 log = logging.getLogger("banger.daemon.exec")
 
-NO_AGENT = "no-agent"  # GuestError data reason: the CLI falls back to SSH
 MAX_SESSIONS = 64  # per VM
 MAX_UNREAD = 16 << 20  # output a command may have waiting for its reader before it is killed
 IDLE_KILL = 60.0  # seconds without a read before a command is given up

@@ -29,6 +29,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,6 @@ from banger import ipam
 from banger.config import Config
 from banger.daemon.locks import KeyedLock
 from banger.daemon.network import NetworkService
-from banger.daemon.runtime import RuntimeService
 from banger.daemon.vm_handles import DISKS, read_work_disk
 from banger.daemon.vm_lifecycle import Lifecycle, workspace_slot
 from banger.errors import GuestError, HostError
@@ -46,7 +46,7 @@ from banger.guest import ssh
 from banger.guest.agent import AgentLink
 from banger.host import storage
 from banger.host.qemu import QemuVMM
-from banger.host.vmm import Disk, LaunchSpec
+from banger.host.vmm import Disk, Handle, LaunchSpec
 from banger.images import agent as agent_build
 from banger.images.local import staging
 from banger.model import Image, Kernel, VMSpec, now
@@ -120,12 +120,11 @@ def qemu_version(binary: str) -> str:
 
 class TemplateService:
     def __init__(self, config: Config, templates_dir: Path, vms_dir: Path, network: NetworkService,
-                 runtimes: RuntimeService, lifecycle: Lifecycle):
+                 lifecycle: Lifecycle):
         self.config = config
         self.dir = templates_dir
         self.vms_dir = vms_dir
         self.network = network
-        self.runtimes = runtimes
         self.lifecycle = lifecycle
         self.lock = KeyedLock("template")
         self.reserved_ips: set[str] = set()  # addresses of templates being built (not VMs, not in the store)
@@ -153,7 +152,7 @@ class TemplateService:
             return None
         return Template(path, meta)
 
-    async def ensure(self, image: Image, kernel: Kernel, spec: VMSpec, accel: str, reserve_ip: Any,
+    async def ensure(self, image: Image, kernel: Kernel, spec: VMSpec, accel: str, reserve_ip: Callable[[], str],
                      reporter: Reporter) -> Template:
         """The template for this VM's key, built now (one cold boot + snapshot) when there is none."""
         key = self.key(image, kernel, spec)
@@ -165,7 +164,7 @@ class TemplateService:
                          f"{image.name}) once; VMs with the same shape then start from it")
             return await self._build(key, image, kernel, accel, reserve_ip, reporter)
 
-    async def _build(self, key: TemplateKey, image: Image, kernel: Kernel, accel: str, reserve_ip: Any,
+    async def _build(self, key: TemplateKey, image: Image, kernel: Kernel, accel: str, reserve_ip: Callable[[], str],
                      reporter: Reporter) -> Template:
         started = time.monotonic()
         dest = self.dir / key.digest
@@ -199,7 +198,7 @@ class TemplateService:
             reporter.stage("template: booting")
             handle = await driver.launch(_with_memory(spec, stage / MEMORY, shared=True, restore_from=None))
             undo.push_async_callback(driver.kill, handle)
-            await self._wait_settled(stage, handle, driver, reporter)
+            await self._wait_settled(handle, driver, reporter)
             reporter.stage("template: saving the snapshot")
             await driver.save_snapshot(handle, stage / STATE)
             await driver.kill(handle)
@@ -214,7 +213,7 @@ class TemplateService:
             raise HostError(f"the snapshot template {dest} is incomplete right after its build")
         return found
 
-    async def _wait_settled(self, stage: Path, handle: Any, driver: QemuVMM, reporter: Reporter) -> None:
+    async def _wait_settled(self, handle: Handle, driver: QemuVMM, reporter: Reporter) -> None:
         """Until the guest agent answers and systemd has finished starting the system (sshd included)."""
         timeout = self.config.ready_timeout_seconds
         deadline = time.monotonic() + timeout

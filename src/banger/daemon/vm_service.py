@@ -47,7 +47,7 @@ from banger.errors import (
 )
 from banger.guest import ports, ssh
 from banger.host import storage
-from banger.model import VM, Operation, VMSpec, Workspace, now
+from banger.model import VM, Image, Kernel, Operation, VMSpec, Workspace, now
 from banger.names import validate_name
 from banger.paths import Layout
 from banger.progress import NullReporter, Reporter
@@ -82,8 +82,7 @@ class VMService:
         self.runtimes = runtimes
         self.key_path = key_path
         self.lifecycle = Lifecycle(config, store, network, runtimes, key_path, layout.known_hosts)
-        self.templates = TemplateService(config, layout.templates_dir, layout.vms_dir, network, runtimes,
-                                         self.lifecycle)
+        self.templates = TemplateService(config, layout.templates_dir, layout.vms_dir, network, self.lifecycle)
         self.exec = ExecService(self.lifecycle.running, runtimes.driver)
         self.workspaces: OfflineWorkspaces | None = None  # set by the composition root
         self.vm_lock = KeyedLock("vm")
@@ -183,7 +182,7 @@ class VMService:
         run without awaiting between this and recording the address)."""
         return self.network.allocate_ip(self.store.taken_ips() | self.templates.reserved_ips)
 
-    async def _template_for(self, req: api.VMCreate, spec: VMSpec, image: Any, kernel: Any, runtime: str,
+    async def _template_for(self, req: api.VMCreate, spec: VMSpec, image: Image, kernel: Kernel, runtime: str,
                             accel: str, reporter: Reporter) -> Template | None:
         """The snapshot template this VM can start from (built now if missing), or None to boot cold."""
         if not req.start or req.cold or not self.config.snapshots:
@@ -200,7 +199,8 @@ class VMService:
             log.warning("snapshot template build failed", exc_info=True)
             return None
 
-    async def _restore(self, vm: VM, template: Template, image: Any, kernel: Any, reporter: Reporter) -> VM | None:
+    async def _restore(self, vm: VM, template: Template, image: Image, kernel: Kernel,
+                       reporter: Reporter) -> VM | None:
         """Start ``vm`` as a clone of ``template``; None (and nothing left of the attempt) when that fails,
         so the caller boots it cold instead."""
         vm_dir = Path(vm.vm_dir)

@@ -26,7 +26,7 @@ from banger.daemon import workspace_stream
 from banger.daemon.locks import KeyedLock
 from banger.daemon.server import requesting_user
 from banger.daemon.vm_service import VMService
-from banger.errors import BangerError, Conflict, GuestError, InvalidArgument, NotFound
+from banger.errors import NO_AGENT, BangerError, Conflict, GuestError, InvalidArgument, NotFound
 from banger.guest import ssh
 from banger.guest.agent import AgentResult
 from banger.model import VM, Workspace
@@ -262,7 +262,7 @@ class WorkspaceService:
                     res = await self.vms.exec.run(vm.id, vm.name, export_host.changes_script(ws.guest_path, base),
                                                   on_stdout=sink, timeout=600)
                 except GuestError as exc:
-                    if exc.data.get("reason") == "no-agent":
+                    if exc.data.get("reason") == NO_AGENT:
                         return None
                     raise
             _check_export(res, vm, ws.guest_path, base)
@@ -306,7 +306,7 @@ class WorkspaceService:
                 res = await self.vms.exec.run(vm.id, vm.name, patch.export_script(guest, base), on_stdout=sink,
                                               timeout=600)
             except GuestError as exc:
-                if exc.data.get("reason") == "no-agent":
+                if exc.data.get("reason") == NO_AGENT:
                     return None
                 raise
         _check_export(res, vm, guest, base, complete=state["split"] is not None)
