@@ -233,6 +233,9 @@ class TemplateService:
             if state not in ("running", "degraded"):
                 raise GuestError(f"the template guest did not finish booting (systemd says {state!r})")
             reporter.log(f"template guest settled (systemd: {state})")
+            # Every clone maps the template's RAM: what the page cache holds of boot-only files would be
+            # resident in each of them. Dropping it costs a clone a few disk reads on first use.
+            await link.exec(["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], timeout=60)
 
     # --- listing and pruning ------------------------------------------------------------------------
 
