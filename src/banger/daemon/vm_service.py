@@ -1,4 +1,4 @@
-"""VMService: every VM request (create, start, stop, restart, kill, delete, prune, set, logs, stats).
+"""VMService: every VM request (create, start, stop, restart, kill, delete, prune, set, logs, stats, ports).
 
 Locks: ``vm_lock`` (one per VM id) around anything that changes a VM; ``create_lock`` only around the
 millisecond "check name + allocate IP + insert row". Commands that take several VMs run concurrently and
@@ -37,6 +37,7 @@ from banger.daemon.vm_handles import (
 )
 from banger.daemon.vm_lifecycle import Lifecycle
 from banger.errors import (
+    NO_AGENT,
     AlreadyExists,
     BangerError,
     Conflict,
@@ -363,19 +364,36 @@ class VMService:
         vm = self.store.find_vm(name)
         return vm.ip if vm is not None and vm.state == "running" and vm.name == name else None
 
+    async def _guest_command(self, vm: VM, command: str) -> tuple[int, bytes, bytes]:
+        """A short command of banger's own in the guest: through its agent, else over SSH; (status,
+        stdout, stderr), output capped at 1 MiB."""
+        out = bytearray()
+
+        def collect(data: bytes) -> None:
+            out.extend(data[:max(0, (1 << 20) - len(out))])
+
+        try:
+            result = await self.exec.run(vm.id, vm.name, command, on_stdout=collect, timeout=60)
+            return result.status, bytes(out), result.stderr
+        except GuestError as exc:
+            if exc.data.get("reason") != NO_AGENT:
+                raise
+        await self.sshd_ready(vm)
+        conn = await ssh.connect(vm.ip or "", key_path=self.key_path, known_hosts=self.layout.known_hosts,
+                                 host_aliases=(f"{vm.name}.vm",))
+        async with conn:
+            done = await ssh.exec(conn, command)
+        return done.exit_status, done.stdout, done.stderr
+
     async def ports(self, refs: list[str]) -> api.VMPortsResult:
         async def one(ref: str) -> api.VMPorts:
             try:
                 vm = self.running_vm(ref)
-                await self.sshd_ready(vm)
-                conn = await ssh.connect(vm.ip or "", key_path=self.key_path, known_hosts=self.layout.known_hosts,
-                                         host_aliases=(f"{vm.name}.vm",))
-                async with conn:
-                    result = await ssh.exec(conn, ports.SS_COMMAND)
-                if result.exit_status != 0:
-                    raise GuestError(f"`{ports.SS_COMMAND}` failed in VM {vm.name!r}: {result.stderr.decode()[-200:]}")
+                status, out, err = await self._guest_command(vm, ports.SS_COMMAND)
+                if status != 0:
+                    raise GuestError(f"`{ports.SS_COMMAND}` failed in VM {vm.name!r}: {err.decode()[-200:]}")
                 found = [{**dataclasses.asdict(li), "endpoint": li.endpoint(vm.name)}
-                         for li in ports.parse_ss(result.stdout.decode())]
+                         for li in ports.parse_ss(out.decode(errors="replace"))]
                 return api.VMPorts(ref=ref, listeners=found)
             except Exception as exc:
                 return api.VMPorts(ref=ref, ok=False, error=to_rpc_error(exc))
