@@ -157,3 +157,11 @@ async def test_a_caller_that_gives_up_kills_the_command(link: agent.AgentLink, t
         await link.exec(["sh", "-c", f"echo $$ > {marker}; while :; do echo x; sleep 0.1; done"], on_stdout=refuse)
     assert await _gone(int(marker.read_text())), "the command kept running after its caller gave up"
     assert (await link.exec(["true"])).status == 0
+
+
+async def test_a_command_that_never_stops_printing_can_still_be_stopped(link: agent.AgentLink) -> None:
+    started = time.monotonic()
+    with pytest.raises(OperationTimeout):
+        await link.exec(["yes"], timeout=1, limit=1 << 16)
+    assert time.monotonic() - started < 10, "the kill did not get through while output streamed"
+    assert (await link.ping()).startswith("banger-agent ")

@@ -53,6 +53,7 @@ def change_guest(guest: Path) -> None:
         echo ignored > ignored.log; mkdir -p build; echo out > build/x
         ln -sf same.txt link
         echo staged > staged.txt; git add staged.txt
+        ln a.txt hard-link.txt; git add hard-link.txt
         git rm -q --cached untracked-now.log
         git rm -q readded.txt; git commit -q -m 'drop readded'; echo back > readded.txt; git add readded.txt
     """)
@@ -83,7 +84,8 @@ def test_host_patch_equals_the_guest_patch(tmp_path: Path) -> None:
     applied = tmp_path / "applied"
     subprocess.run(["git", "clone", "-q", str(host), str(applied)], check=True)
     run(applied, "git", "apply", input=dest.read_bytes())
-    for name in ("a.txt", "bin.dat", "committed.txt", "new file é.txt", "staged.txt", "tracked.log"):
+    for name in ("a.txt", "bin.dat", "committed.txt", "new file é.txt", "staged.txt", "tracked.log",
+                 "hard-link.txt"):
         assert (applied / name).read_bytes() == (guest / name).read_bytes()
     assert not (applied / "gone.txt").exists() and os.readlink(applied / "link") == "same.txt"
     assert os.access(applied / "tool.sh", os.X_OK)
@@ -141,3 +143,16 @@ def test_a_base_the_host_lacks_is_said_plainly(tmp_path: Path) -> None:
 def test_malformed_status_lists_are_refused(tmp_path: Path, lists: bytes, message: str) -> None:
     with pytest.raises(GuestError, match=message):
         export_host.read_header(io.BytesIO(b"1" * 40 + b"\0" + lists))
+
+
+def test_a_nested_repository_leaves_the_patch_to_the_guest(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    base = host_repo(host)
+    guest = tmp_path / "guest"
+    subprocess.run(["git", "clone", "-q", str(host), str(guest)], check=True)
+    run(guest, "git", "init", "-q", "nested")
+    (guest / "nested" / "f").write_text("x\n")
+    out = run(guest, "sh", "-c", export_host.changes_script(str(guest), base))
+    info = asyncio.run(repo.inspect(host))
+    with pytest.raises(export_host.GuestPatchNeeded):
+        asyncio.run(export_host.make_patch(info, io.BytesIO(out), tmp_path / "s", tmp_path / "p"))

@@ -25,8 +25,8 @@ def fake_template(svc: templates.TemplateService, tmp_path: Path, name: str, **k
     kernel_dir.mkdir(exist_ok=True)
     key = templates.TemplateKey(image=name, image_dir=str(image_dir), image_rootfs_sha256="abc", kernel="k",
                                 kernel_dir=str(kernel_dir), vcpu=2, memory_mib=512, disk_size=1 << 30,
-                                runtime="qemu", vmm=templates.qemu_version("qemu-system-x86_64"),
-                                agent=svc._agent)
+                                runtime="qemu", accel="tcg", vmm=templates.qemu_version("qemu-system-x86_64"),
+                                agent=svc._agent, config="c")
     key = templates.TemplateKey(**{**key.__dict__, **key_changes})
     path = svc.dir / key.digest
     path.mkdir(parents=True)
@@ -59,7 +59,17 @@ def test_prune_keeps_current_and_used_templates(tmp_path: Path) -> None:
 
 def test_the_key_changes_with_anything_a_clone_inherits() -> None:
     base = templates.TemplateKey(image="i", image_dir="/d", image_rootfs_sha256="s", kernel="k", kernel_dir="/k",
-                                 vcpu=2, memory_mib=512, disk_size=1, runtime="qemu", vmm="v", agent="a")
+                                 vcpu=2, memory_mib=512, disk_size=1, runtime="qemu", accel="tcg", vmm="v",
+                                 agent="a", config="c")
     for field, value in (("vcpu", 4), ("memory_mib", 1024), ("disk_size", 2), ("vmm", "w"), ("agent", "b"),
-                         ("image_rootfs_sha256", "t"), ("kernel", "k2")):
+                         ("image_rootfs_sha256", "t"), ("kernel", "k2"), ("accel", "kvm"), ("config", "d")):
         assert templates.TemplateKey(**{**base.__dict__, field: value}).digest != base.digest
+
+
+def test_a_claimed_template_is_not_pruned(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    path = fake_template(svc, tmp_path, "claimed")
+    svc.claim(path.name)
+    assert asyncio.run(svc.prune(everything=True)) == [] and path.exists()
+    svc.release(path.name)
+    assert asyncio.run(svc.prune(everything=True)) == [path.name] and not path.exists()

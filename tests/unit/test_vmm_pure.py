@@ -74,6 +74,7 @@ def test_qemu_agent_port_and_snapshot_arguments() -> None:
     assert "microvm,x-option-roms=off,rtc=on,memory-backend=ram" in template
     clone = qemu_argv("q", spec(memory_file=Path("/t/mem"), restore_from=Path("/t/state")), vsock=False)
     assert "share=off" in " ".join(clone) and clone[clone.index("-incoming") + 1] == "defer"
+    assert "-no-reboot" in clone and "-no-reboot" not in template  # a clone that reboots would be its template
 
 
 def test_tsc_workaround_only_under_tcg() -> None:

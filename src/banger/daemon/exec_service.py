@@ -49,11 +49,16 @@ class Session:
     error: dict[str, object] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_read: float = field(default_factory=time.monotonic)
+    overflowed: bool = False  # MAX_UNREAD was reached and the command killed
 
-    def add(self, stream: str, data: bytes) -> None:
+    def add(self, stream: str, data: bytes) -> bool:
+        """Keep ``data`` for the reader; False (and nothing kept) once MAX_UNREAD is waiting unread."""
+        if self.unread + len(data) > MAX_UNREAD:
+            return False
         self.events.append((stream, data))
         self.unread += len(data)
         self.changed.set()
+        return True
 
     @property
     def finished(self) -> bool:
@@ -80,9 +85,13 @@ class ExecService:
         async with self.link_lock.hold(vm_id):
             known = self.links.get(vm_id)
             if known is not None and known[0] == boot and known[1].alive:
-                # QEMU keeps the socket up when only the guest's agent went away: ask it, cheaply.
+                # QEMU keeps the socket up when only the guest's agent went away: ask it, cheaply. A link
+                # with commands running is kept whatever (closing it would kill them; a loaded guest
+                # under emulation can be slow to answer).
+                if any(s.vm_id == vm_id and not s.finished for s in self.sessions.values()):
+                    return known[1]
                 try:
-                    await known[1].ping(within=2.0)
+                    await known[1].ping(within=5.0)
                     return known[1]
                 except Exception:
                     log.info("the guest agent stopped answering; reconnecting", extra={"vm": name})
@@ -112,8 +121,8 @@ class ExecService:
 
         def sink(stream: str) -> Callable[[bytes], None]:
             def put(data: bytes) -> None:
-                session.add(stream, data)
-                if session.unread > MAX_UNREAD and session.proc is not None:
+                if not session.add(stream, data) and not session.overflowed and session.proc is not None:
+                    session.overflowed = True  # its reader is not keeping up: end it, once
                     asyncio.get_running_loop().create_task(session.proc.signal(9))
             return put
 

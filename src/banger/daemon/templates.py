@@ -71,8 +71,10 @@ class TemplateKey:
     memory_mib: int
     disk_size: int
     runtime: str
+    accel: str  # tcg or kvm: a template saved under one is loaded under the same
     vmm: str
     agent: str
+    config: str  # Lifecycle.config_fingerprint: /root files, DNS, kernel arguments, network
     format: int = FORMAT
 
     @property
@@ -128,10 +130,11 @@ class TemplateService:
         self.lifecycle = lifecycle
         self.lock = KeyedLock("template")
         self.reserved_ips: set[str] = set()  # addresses of templates being built (not VMs, not in the store)
+        self.claims: dict[str, int] = {}  # digest -> creates between finding it and their disks naming it
         self._qemu_version: str | None = None
         self._agent = hashlib.sha256(agent_build.SOURCE.read_bytes()).hexdigest()[:16]
 
-    def key(self, image: Image, kernel: Kernel, spec: VMSpec) -> TemplateKey:
+    async def key(self, image: Image, kernel: Kernel, spec: VMSpec, accel: str) -> TemplateKey:
         if self._qemu_version is None:
             self._qemu_version = qemu_version(self.config.qemu_bin)
         return TemplateKey(
@@ -139,7 +142,8 @@ class TemplateService:
             image_rootfs_sha256=str(image.manifest.get("rootfs_sha256", "")),
             kernel=f"{kernel.name}@{kernel.version}@{kernel.created_at.isoformat()}",
             kernel_dir=kernel.dir, vcpu=spec.vcpu, memory_mib=spec.memory_mib, disk_size=spec.disk_size,
-            runtime="qemu", vmm=self._qemu_version, agent=self._agent,
+            runtime="qemu", accel=accel, vmm=self._qemu_version, agent=self._agent,
+            config=await self.lifecycle.config_fingerprint(),
         )
 
     def find(self, key: TemplateKey) -> Template | None:
@@ -155,14 +159,28 @@ class TemplateService:
     async def ensure(self, image: Image, kernel: Kernel, spec: VMSpec, accel: str, reserve_ip: Callable[[], str],
                      reporter: Reporter) -> Template:
         """The template for this VM's key, built now (one cold boot + snapshot) when there is none."""
-        key = self.key(image, kernel, spec)
+        key = await self.key(image, kernel, spec, accel)
         async with self.lock.hold(key.digest):
             found = self.find(key)
             if found is not None:
+                self.claim(found.digest)
                 return found
             reporter.log(f"snapshot: building a template ({spec.vcpu} vCPU, {spec.memory_mib} MiB, image "
                          f"{image.name}) once; VMs with the same shape then start from it")
-            return await self._build(key, image, kernel, accel, reserve_ip, reporter)
+            built = await self._build(key, image, kernel, accel, reserve_ip, reporter)
+            self.claim(built.digest)
+            return built
+
+    def claim(self, digest: str) -> None:
+        """Keep a template from prune until :meth:`release`: its clone's disks do not name it yet."""
+        self.claims[digest] = self.claims.get(digest, 0) + 1
+
+    def release(self, digest: str) -> None:
+        left = self.claims.get(digest, 0) - 1
+        if left > 0:
+            self.claims[digest] = left
+        else:
+            self.claims.pop(digest, None)
 
     async def _build(self, key: TemplateKey, image: Image, kernel: Kernel, accel: str, reserve_ip: Callable[[], str],
                      reporter: Reporter) -> Template:
@@ -277,6 +295,9 @@ class TemplateService:
             if not everything and entry["complete"] and self._current(entry["id"]):
                 continue
             async with self.lock.hold(entry["id"]):
+                # Looked at again under the lock: a create may have found it meanwhile.
+                if self.claims.get(entry["id"]) or self._users().get(entry["id"]):
+                    continue
                 await asyncio.to_thread(shutil.rmtree, self.dir / entry["id"], True)
             removed.append(entry["id"])
         return removed

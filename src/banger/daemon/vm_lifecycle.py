@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from banger.daemon.vm_handles import (
 from banger.errors import GuestError, HostError, OperationTimeout
 from banger.guest import provision, rehome, ssh
 from banger.guest.agent import AgentLink
+from banger.guest.provision import FileToWrite
 from banger.host.vmm import VMM, Disk, Handle, LaunchSpec
 from banger.model import VM, Image, Kernel, now
 from banger.progress import Reporter
@@ -195,13 +197,29 @@ class Lifecycle:
         host_key = ssh.read_host_key(Path(vm.vm_dir) / HOST_KEY) or self.make_host_key(vm)
         await self.build_config(Path(vm.vm_dir) / provision.CONFIG_DISK, host_key, reporter)
 
-    async def build_config(self, path: Path, host_key: tuple[bytes, bytes], reporter: Reporter) -> None:
-        """The config disk at ``path`` with this host's files and ``host_key`` (VMs and templates)."""
-        reporter.stage("building the config disk")
+    async def planned_files(self) -> tuple[list[FileToWrite], list[str]]:
+        """What a config disk carries for /root now (banger's key, git identity, ``[[file_sync]]``)."""
         files, warnings = provision.plan_files(
             self.config.file_sync, Path.home(), public_key_line=ssh.public_key_line(self.key_path),
             git_identity=await provision.host_git_identity(),
         )
+        return list(files), list(warnings)
+
+    async def config_fingerprint(self) -> str:
+        """A digest of everything a guest takes from its config disk and kernel command line at boot,
+        apart from its identity: a snapshot template is only good while this is unchanged."""
+        files, _ = await self.planned_files()
+        digest = hashlib.sha256()
+        for f in sorted(files, key=lambda f: str(f.path)):
+            digest.update(f"{f.path}\0{f.mode:o}\0{f.uid}:{f.gid}\0{len(f.content)}\0".encode() + f.content)
+        c = self.config
+        digest.update(f"{c.default_dns}\0{c.vm_defaults.kernel_args}\0{c.cidr}\0{c.bridge_ip}".encode())
+        return digest.hexdigest()[:16]
+
+    async def build_config(self, path: Path, host_key: tuple[bytes, bytes], reporter: Reporter) -> None:
+        """The config disk at ``path`` with this host's files and ``host_key`` (VMs and templates)."""
+        reporter.stage("building the config disk")
+        files, warnings = await self.planned_files()
         for warning in warnings:
             reporter.log(f"warning: {warning}")
         await provision.build_config_disk(path, files, host_key)

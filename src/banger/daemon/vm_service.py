@@ -24,7 +24,7 @@ from banger.daemon.kernel_service import KernelService
 from banger.daemon.locks import KeyedLock
 from banger.daemon.network import NetworkService
 from banger.daemon.operations import Operations
-from banger.daemon.runtime import RuntimeService
+from banger.daemon.runtime import Choice, RuntimeService
 from banger.daemon.templates import Template, TemplateService
 from banger.daemon.vm_create import build_spec, make_clone_disks, make_disks, new_vm, remove_disks
 from banger.daemon.vm_handles import (
@@ -117,10 +117,19 @@ class VMService:
                                             Path(kernel.dir) / "initrd.img")
         reporter.log(choice.note)
         template = await self._template_for(req, spec, image, kernel, choice.runtime, choice.accel, reporter)
-        async with self.create_lock:
-            vm = new_vm(req.name, spec, {v.name for v in self.store.list_vms()}, self._free_ip(), self.layout.vms_dir)
-            vm = vm.model_copy(update={"runtime": choice.runtime, "creating": True})
-            self.store.insert_vm(vm)
+        try:
+            async with self.create_lock:
+                vm = new_vm(req.name, spec, {v.name for v in self.store.list_vms()}, self._free_ip(),
+                            self.layout.vms_dir)
+                vm = vm.model_copy(update={"runtime": choice.runtime, "creating": True})
+                self.store.insert_vm(vm)
+            return await self._create_with(req, vm, image, kernel, choice, template, reporter)
+        finally:
+            if template is not None:  # claimed by ensure: prune kept it until this VM's disks named it
+                self.templates.release(template.digest)
+
+    async def _create_with(self, req: api.VMCreate, vm: VM, image: Image, kernel: Kernel, choice: Choice,
+                           template: Template | None, reporter: Reporter) -> dict[str, Any]:
         template_used: str | None = None
         prepared: api.WorkspacePrepareResult | None = None
         top: set[str] = set()
@@ -336,7 +345,9 @@ class VMService:
         return vm
 
     async def sshd_ready(self, vm: VM) -> None:
-        """Return once a just-cloned VM's sshd answers with its new key (at once for any other VM)."""
+        """Return once a just-cloned VM's sshd greets again (at once for any other VM). Re-homing wrote the
+        clone's key and sent sshd SIGHUP before it returned, so the listener that greets is the re-executed
+        one; a client that still met the old key would be refused by the pinned known_hosts, not fooled."""
         if vm.id not in self.lifecycle.ssh_pending:
             return
         handles = self.lifecycle.running.get(vm.id)

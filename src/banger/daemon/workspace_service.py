@@ -270,8 +270,8 @@ class WorkspaceService:
             with open(scratch / "stream", "rb") as stream:
                 try:
                     made = await export_host.make_patch(info, stream, scratch / "git", dest)
-                except InvalidArgument:
-                    return None  # the host repository lost the base: the guest makes the patch instead
+                except (InvalidArgument, export_host.GuestPatchNeeded):
+                    return None  # the host repository lost the base, or a nested repo: the guest's patch
             host_secs = time.monotonic() - started - guest_secs
             log.info("export made on the host", extra={"vm": vm.name, "guest_seconds": round(guest_secs, 2),
                                                         "host_seconds": round(host_secs, 2), "sent_bytes": sent,
@@ -284,12 +284,14 @@ class WorkspaceService:
         """Names and patch in one guest pass through the agent, the patch written to ``dest``; None when
         the VM has no agent (the caller uses SSH)."""
         head = bytearray()
-        state: dict[str, Any] = {"split": None, "size": 0}
+        state: dict[str, Any] = {"split": None, "size": 0, "scanned": 0}
         with open(dest, "wb") as out:
             def sink(data: bytes) -> None:
                 if state["split"] is None:
                     head.extend(data)
-                    found = patch.split_export(bytes(head))
+                    # Only look where the end of the list can newly be (a NUL pair may straddle chunks).
+                    found = patch.split_export(bytes(head), start=max(0, state["scanned"] - 1))
+                    state["scanned"] = len(head)
                     if found is None:
                         if len(head) > patch.MAX_PATCH:
                             raise GuestError(f"the change list of {guest} in VM {vm.name!r} is too long")

@@ -138,8 +138,11 @@ class AgentLink:
         if self._closed is not None:
             raise self._closed
         async with self._write_lock:
-            self._writer.write(HEADER.pack(len(payload), chan, kind) + payload)
-            await self._writer.drain()
+            try:
+                self._writer.write(HEADER.pack(len(payload), chan, kind) + payload)
+                await self._writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise GuestError(f"the link to the guest agent at {self.what} broke: {exc}") from exc
 
     def _open_channel(self) -> tuple[int, _Channel]:
         chan = self._next

@@ -96,7 +96,9 @@ def qemu_argv(binary: str, spec: LaunchSpec, *, vsock: bool, tsc_khz: int | None
     if vsock and spec.vsock_cid is not None:
         argv += ["-device", f"vhost-vsock-device,guest-cid={spec.vsock_cid}"]
     if spec.restore_from is not None:
-        argv += ["-incoming", "defer"]
+        # A clone that reboots would come back as its template (the template's kernel command line and
+        # config disk): let QEMU exit instead, and `vm start` boot it cold as itself.
+        argv += ["-incoming", "defer", "-no-reboot"]
     return in_netns(spec.netns, argv + ["-qmp", f"unix:{escape_opt(qmp)},server=on,wait=off"])
 
 

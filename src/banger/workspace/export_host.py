@@ -15,6 +15,7 @@ under a name the guest chose (blobs go into the object directory by their hash).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tarfile
@@ -52,8 +53,15 @@ def changes_script(guest: str, base: str) -> str:
           'cat "$t/untracked"; } > "$t/send"')
     s.raw('printf "%s\\0" "$base"')
     s.raw('for list in commits files index untracked; do cat "$t/$list"; printf \'\\0\'; done')
-    s.raw('tar -c -f - --null --no-recursion --ignore-failed-read --warning=no-failed-read -T "$t/send"')
+    # --hard-dereference: a second name of a hard link is sent as the file it is, not as a link entry.
+    s.raw('tar -c -f - --null --no-recursion --hard-dereference --ignore-failed-read --warning=no-failed-read '
+          '-T "$t/send"')
     return s.render()
+
+
+class GuestPatchNeeded(Exception):
+    """The lists name something only the guest's own git handles (a nested repository, a conflict):
+    the caller has the guest make the patch instead."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,8 @@ def read_header(stream: BinaryIO, limit: int = 64 << 20) -> Changes:
             items.append(field)
         lists.append(items)
     commits, files, index, untracked = lists
+    if any(n.endswith("/") for n in untracked):  # an untracked nested repository
+        raise GuestPatchNeeded("an untracked nested repository")
     return Changes(base, _pairs(commits), {_checked(n) for n in files}, _pairs(index),
                    {_checked(n) for n in untracked})
 
@@ -118,6 +128,8 @@ def _pairs(items: list[str]) -> dict[str, str]:
         raise GuestError("the guest sent a malformed status list")
     out = {}
     for status, name in zip(items[::2], items[1::2], strict=True):
+        if status == "U":  # an unmerged path: git add -A would resolve it as the work tree has it
+            raise GuestPatchNeeded("an unmerged path")
         if status not in ("A", "D", "M", "T"):
             raise GuestError(f"the guest sent an unknown status {status[:10]!r}")
         out[_checked(name)] = status
@@ -176,7 +188,7 @@ def staged_entries(stream: BinaryIO, changes: Changes, in_base: set[str],
 async def make_patch(info: repo.RepoInfo, stream: BinaryIO, scratch: Path, dest: Path) -> tuple[str, list[str]]:
     """Read :func:`changes_script` output from ``stream`` and write the patch against its base to
     ``dest``; (base commit, changed paths). InvalidArgument when the host repo lacks the base."""
-    changes = read_header(stream)
+    changes = await asyncio.to_thread(read_header, stream)
     if (await repo.git(info, "cat-file", "-t", changes.base, check=False)).strip() != "commit":
         raise InvalidArgument(f"the host repository {info.root} no longer has the base commit {changes.base[:12]}")
     algorithm = (await repo.git(info, "rev-parse", "--show-object-format")).strip() or "sha1"
@@ -189,7 +201,9 @@ async def make_patch(info: repo.RepoInfo, stream: BinaryIO, scratch: Path, dest:
     in_base = set((await _git(info, env, "ls-files", "-z")).split("\0"))
     present: set[str] = set()
     lines = []
-    for mode, oid, name in staged_entries(stream, changes, in_base, objects):
+    # Parsing, hashing and compressing up to MAX_SENT bytes: off the event loop.
+    staged = await asyncio.to_thread(lambda: list(staged_entries(stream, changes, in_base, objects)))
+    for mode, oid, name in staged:
         present.add(name)
         lines.append(f"{mode} {oid}\t{name}\0")
     zero = "0" * (64 if algorithm == "sha256" else 40)

@@ -6,7 +6,7 @@ HEAD is the host's (one pack of that commit's objects), and an index built again
 ``core.checkStat=minimal``, so the guest's git trusts it: ``mkfs.ext4 -d`` keeps sizes and mtimes, and
 minimal stat checking compares nothing else. The image is as big as the workspace slot every VM has
 (:data:`SLOT_SIZE`, sparse), because a clone's disk must keep its template's capacity; the filesystem
-inside is twice the files and at least :data:`MIN_FS` (``resize2fs`` in the guest grows it further).
+inside is twice the files and at least :data:`MIN_FS` (run ``resize2fs`` on it in the guest for more).
 
 Only banger's own files and the repository's tracked (and, when asked, untracked) regular files and
 symlinks go in: a path that is not a plain relative one, or a file of another type, is refused.
@@ -102,7 +102,7 @@ async def build(info: repo.RepoInfo, head: str, branch: str | None, entries: lis
         mark("pack")
         await _index(tree, git_dir)
         mark("index")
-        size = min(SLOT_SIZE, max(MIN_FS, 2 * ext4.size_for_tree(tree)))
+        size = min(SLOT_SIZE, max(MIN_FS, 2 * await asyncio.to_thread(ext4.size_for_tree, tree)))
         await ext4.make_from_tree(tree, dest, size, label=LABEL)
         os.truncate(dest, SLOT_SIZE)
         mark("mkfs")

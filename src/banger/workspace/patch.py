@@ -55,10 +55,11 @@ def export_script(guest: str, base: str) -> str:
     return s.raw("printf '\\0'").raw(DIFF + ' --binary --full-index "$base"').render()
 
 
-def split_export(head: bytes) -> tuple[str, list[str], int] | None:
+def split_export(head: bytes, start: int = 0) -> tuple[str, list[str], int] | None:
     """(base commit, changed paths, offset where the patch starts) from the start of
-    :func:`export_script` output; None when ``head`` does not reach the end of the list yet."""
-    cut = head.find(b"\0\0")
+    :func:`export_script` output; None when ``head`` does not reach the end of the list yet (``start``:
+    where to begin looking, when the bytes before it were looked at already)."""
+    cut = head.find(b"\0\0", start)
     if cut < 0:
         return None
     base, names = parse_names(head[:cut + 1])

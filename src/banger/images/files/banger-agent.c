@@ -6,7 +6,7 @@
  *
  * Link: the virtio-serial port named "org.banger.agent" (QEMU; found through /sys/class/virtio-ports,
  * so no udev is needed), else AF_VSOCK port 52 (Firecracker). One host connection at a time; when the
- * host goes away every process it started is killed, so nothing outlives the call that made it.
+ * host goes away every command it started still running is killed (with its process group).
  *
  * Frames, both ways: u32 payload length (big-endian), u32 channel, u8 kind, payload (<= 1 MiB).
  *   host -> guest                                 guest -> host
@@ -92,11 +92,16 @@ static void release(struct channel *c) {
     c->in = c->out = c->err = -1;
 }
 
+/* Signal a command's process group; right after fork the child may not have called setsid yet. */
+static void signal_command(pid_t pid, int sig) {
+    if (kill(-pid, sig) < 0 && errno == ESRCH) kill(pid, sig);
+}
+
 /* The host is gone: kill everything it started and wait for a new connection. */
 static void disconnect(void) {
     for (int i = 0; i < MAX_CHANNELS; i++) {
         if (chans[i].pid > 0) {
-            if (!chans[i].exited) kill(-chans[i].pid, SIGKILL);
+            if (!chans[i].exited) signal_command(chans[i].pid, SIGKILL);
             release(&chans[i]);
         }
     }
@@ -270,7 +275,7 @@ static void handle_frame(uint32_t chan, int kind, unsigned char *payload, uint32
     case K_STDIN: do_stdin(chan, payload, len); break;
     case K_SIGNAL:
         c = find(chan);
-        if (c && !c->exited && len == 1) kill(-c->pid, payload[0]);
+        if (c && !c->exited && len == 1) signal_command(c->pid, payload[0]);
         break;
     case K_SETTIME: do_settime(chan, payload, len); break;
     case K_RESEED: do_reseed(chan, payload, len); break;
@@ -305,12 +310,13 @@ static void read_link(void) {
     }
 }
 
-/* Forward what the command wrote, until its pipe is empty (1) or at end (0, pipe closed). */
+/* Forward one read of what the command wrote: 1 while the pipe is open, 0 at its end (closed). One read
+ * per poll round, so a command that never stops printing cannot keep the link from being read. */
 static int pump(struct channel *c, int *fd, int kind) {
     static char buf[65536];
     for (;;) {
         ssize_t n = read(*fd, buf, sizeof buf);
-        if (n > 0) { send_frame(c->id, kind, buf, (size_t)n); if (!connected) return 0; continue; }
+        if (n > 0) { send_frame(c->id, kind, buf, (size_t)n); return connected; }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return 1;
         close_fd(fd);
@@ -325,8 +331,9 @@ static void finish_done(void) {
         if (c->pid <= 0 || !c->exited) continue;
         if (c->out >= 0 || c->err >= 0) {
             if (now_ms() - c->exit_ms < DRAIN_MS) continue;
-            if (c->out >= 0) pump(c, &c->out, K_STDOUT);
-            if (c->err >= 0 && connected) pump(c, &c->err, K_STDERR);
+            /* A background child may still hold the pipes: take what is there (bounded), then stop. */
+            for (int i = 0; i < 16 && connected && c->out >= 0; i++) pump(c, &c->out, K_STDOUT);
+            for (int i = 0; i < 16 && connected && c->err >= 0; i++) pump(c, &c->err, K_STDERR);
             if (!connected) return;
         }
         unsigned char st[4];
