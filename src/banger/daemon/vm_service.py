@@ -183,6 +183,7 @@ class VMService:
             kernel = await self.kernels.ensure(spec.kernel or image.kernel_ref or self.config.default_kernel, reporter)
             choice = await self.runtimes.choose("qemu", Path(kernel.dir) / "vmlinux", Path(kernel.dir) / "initrd.img")
             template = await self.templates.ensure(image, kernel, spec, choice.accel, self._free_ip, reporter)
+            self.templates.release(template.digest)  # built ahead of time: no clone waits on it
             return {"template": template.digest, "build_seconds": template.meta.get("build_seconds")}
 
         return self.operations.start("vm.templates.build", image_name, build)
