@@ -245,6 +245,7 @@ class TemplateService:
                     if time.monotonic() > deadline or not driver.is_alive(handle):
                         raise GuestError(f"the template guest's agent did not answer within {timeout}s: {exc}",
                                          hint="see console.log in the template's build directory") from exc
+                    await asyncio.sleep(0.2)  # a closed link fails at once: do not spin
             result = await link.exec(["systemctl", "is-system-running", "--wait"],
                                      timeout=max(1.0, deadline - time.monotonic()))
             state = result.stdout.decode(errors="replace").strip()

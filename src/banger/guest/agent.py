@@ -79,7 +79,7 @@ class AgentLink:
             writer.write(f"CONNECT {VSOCK_PORT}\n".encode())
             try:
                 reply = await asyncio.wait_for(reader.readline(), within)
-            except TimeoutError:
+            except (TimeoutError, OSError, ValueError):  # ValueError: a line over the stream's limit
                 reply = b""
             if not reply.startswith(b"OK "):
                 writer.close()
