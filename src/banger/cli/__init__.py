@@ -6,7 +6,10 @@
 - ``render``    tables for people, ``--json`` for scripts.
 - ``progress``  polls a daemon operation and draws its stages.
 - ``vm`` / ``image`` / ``kernel`` / ``daemon`` / ``doctor``   one module per noun.
-- ``vm_run``    ``vm run | ssh | exec | ports``: into guests with the system ssh and banger's key.
+- ``vm_run``    ``vm run | ssh | exec | ports``: into guests (commands through the agent, else the system
+                ssh with banger's key; interactive use over ssh).
+- ``guest_exec``  a command through the daemon and the guest agent: long-polled output, stdin, Ctrl-C.
+- ``templates`` ``vm templates list | build | prune``: the snapshot templates clones start from.
 - ``workspace`` ``vm workspace prepare | export``: a repo into the guest, its changes back as a patch.
 - ``ssh_config``  ``banger ssh-config [--install|--uninstall]``.
 - ``system``    ``banger system install|status|restart|uninstall`` (see banger.sysinstall).

@@ -13,5 +13,6 @@
 - ``oci_layers``: flattens layer tarballs (gzip/zstd/plain) with whiteouts, owners and escape checks.
 - ``oci_boot``: boot glue for container trees (systemd units, or ``/sbin/banger-init`` on ``/bin/sh``).
 - ``oci_pull``: ``banger image pull``: registry image -> bootable banger image.
+- ``agent``: banger-agent's C source, its compiler command line and where it lives in a guest.
 - ``files/``: guest files installed into images (network script and units, fstab, sshd drop-in, init).
 """

@@ -8,4 +8,7 @@ Modules (pure logic and host-side git inspection; the daemon's ``workspace_servi
              shallow ``.git`` skeleton, the host ``tar`` command line, the setup and mise bootstrap scripts.
 - ``patch``  the guest scripts of an export: a throwaway index, ``git add -A``, ``git diff --binary``
              against the base; the inline-vs-file size limit.
+- ``image``  a repository as a workspace disk built on the host (staged files, shallow ``.git``, a valid
+             index, ``mkfs.ext4 -d``) and the guest script that mounts it.
+- ``export_host``  an export whose patch the host's git makes from the changed files the guest sends.
 """
