@@ -4,7 +4,9 @@ Map of the package (a request reads top to bottom):
 
 - ``cli``       click commands, one module per noun; parse, call the client, render.
 - ``client``    one typed method per RPC; starts ``bangerd`` on first use.
-- ``api``       the wire schema shared by client and daemon (method names, params, results).
+- ``api``       the wire: every RPC declared once (method name, params model, result model); pydantic-free,
+                so the CLI's simple commands start without it. ``wire``: those models (results are models
+                all the way down; an operation's result is a tagged union).
 - ``rpc``       JSON-RPC 2.0 framing over a Unix socket.
 - ``errors``    the exception tree and its JSON-RPC codes.
 - ``config`` / ``paths``   the only readers of the environment.
@@ -18,7 +20,7 @@ Map of the package (a request reads top to bottom):
 - ``guest``     talking to guests: the guest agent's link (``agent``), re-homing a clone (``rehome``), SSH
                 with pinned host keys, config-disk provisioning, listening ports.
 - ``bootargs`` / ``ipam`` / ``names``   pure: guest kernel command line, addresses and MACs, name rules.
-- ``model``     the records (VM, Image, Kernel, Operation); ``progress`` the Reporter protocol.
+- ``model``     the records (VM, Image, Kernel); ``progress`` the Reporter protocol.
 - ``files`` / ``threads``   atomic file replacement; blocking work off the event loop.
 - ``archive``   unpacking tar members without trusting their names or the tree's symlinks (OCI, .deb).
 - ``script``    building shell scripts: every value quoted by one function.

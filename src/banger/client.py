@@ -1,5 +1,8 @@
 """The client library: one typed method per RPC, over the daemon's Unix socket.
 
+``call(api.VM_LIST)`` decodes the result into the model ``banger.api`` declares (importing pydantic then);
+``call_raw`` hands back the daemon's JSON as is, for the CLI's simple commands, which never import pydantic.
+
 ``Client.connect(layout)`` finds the daemon, starting ``bangerd`` on first use and replacing one that runs
 a different version (a version handshake through ``daemon.ping``). Calls are synchronous: the CLI has no
 event loop, and a blocking socket keeps a round trip to a few syscalls.
@@ -21,16 +24,18 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
-
-from banger import __version__, api, rpc
+from banger import __version__, api
+from banger import rpc as rpc_frame
 from banger.errors import DaemonUnavailable, PermissionDenied, ProtocolError, from_rpc_error
-from banger.model import VM, Image, Kernel, Operation
 from banger.paths import Layout
 
-T = TypeVar("T", bound=BaseModel)
+if TYPE_CHECKING:
+    from banger.model import VM, Image, Kernel
+    from banger.wire import Operation
+
+R = TypeVar("R")
 START_TIMEOUT = 20.0
 
 
@@ -142,19 +147,32 @@ class Client:
 
     # --- calling ------------------------------------------------------------------------------------
 
-    def call(self, method: str, params: BaseModel | dict[str, Any] | None = None) -> Any:
-        """Send one request and return its result; daemon errors are raised as banger exceptions."""
-        if isinstance(params, BaseModel):
+    def call(self, rpc: api.Rpc[Any, R], params: Any = None) -> R:
+        """Call ``rpc`` and decode its result into the declared model; errors are raised as banger's.
+
+        ``params`` (the params model, or a dict of its fields) is checked against the declaration before
+        anything is sent: a bad value is pydantic's ValidationError here, not a round trip.
+        """
+        if not hasattr(params, "model_dump"):
+            params = rpc.params.model_validate(params or {})  # type: ignore[attr-defined]
+        return rpc.result.model_validate(self.call_raw(rpc, params))  # type: ignore[attr-defined,no-any-return]
+
+    def call_raw(self, rpc: api.Rpc[Any, Any], params: Any = None) -> Any:
+        """Call ``rpc`` and return its result as the daemon sent it (plain JSON: no pydantic on this path).
+
+        ``params``: the declared params model, or a dict the daemon validates against it.
+        """
+        if hasattr(params, "model_dump"):
             params = params.model_dump(mode="json", exclude_none=True)
         req_id = next(self._ids)
         try:
             try:
-                self._sock.sendall(rpc.encode(rpc.request(method, params, req_id)))
+                self._sock.sendall(rpc_frame.encode(rpc_frame.request(rpc.name, params, req_id)))
             except BrokenPipeError:
                 pass  # a refusing daemon answers and closes at once: its answer is still there to read
-            reply = self._reply(method, req_id)
+            reply = self._reply(rpc.name, req_id)
         except OSError as exc:
-            raise DaemonUnavailable(f"lost the connection to bangerd during {method}: {exc}") from exc
+            raise DaemonUnavailable(f"lost the connection to bangerd during {rpc.name}: {exc}") from exc
         if "error" in reply:
             raise from_rpc_error(reply["error"])
         return reply.get("result")
@@ -175,143 +193,138 @@ class Client:
             if reply.get("id") in (req_id, None):
                 return reply
 
-    def _typed(self, model: type[T], method: str, params: BaseModel | dict[str, Any] | None = None) -> T:
-        return model.model_validate(self.call(method, params))
-
     # --- daemon -------------------------------------------------------------------------------------
 
     def ping(self) -> api.PingResult:
-        return self._typed(api.PingResult, "daemon.ping")
+        return self.call(api.DAEMON_PING)
 
     def status(self) -> api.DaemonStatus:
-        return self._typed(api.DaemonStatus, "daemon.status")
+        return self.call(api.DAEMON_STATUS)
 
     def shutdown(self) -> None:
-        self.call("daemon.shutdown")
+        self.call_raw(api.DAEMON_SHUTDOWN)
 
     def operations(self) -> list[Operation]:
-        return self._typed(api.OperationList, "daemon.operations.list").operations
+        return self.call(api.OPERATIONS_LIST).operations
 
     def operation(self, op_id: str) -> Operation:
-        return self._typed(Operation, "operation.get", api.OperationRef(id=op_id))
+        return self.call(api.OPERATION_GET, {"id": op_id})
 
     def operation_wait(self, op_id: str, timeout: float = 10.0) -> Operation:
-        return self._typed(Operation, "operation.wait", api.OperationWait(id=op_id, timeout=timeout))
+        return self.call(api.OPERATION_WAIT, {"id": op_id, "timeout": timeout})
 
     def operation_cancel(self, op_id: str) -> Operation:
-        return self._typed(Operation, "operation.cancel", api.OperationRef(id=op_id))
+        return self.call(api.OPERATION_CANCEL, {"id": op_id})
 
     # --- VMs ----------------------------------------------------------------------------------------
 
     def vm_list(self) -> list[VM]:
-        return self._typed(api.VMList, "vm.list").vms
+        return self.call(api.VM_LIST).vms
 
     def vm_show(self, ref: str) -> VM:
-        return self._typed(VM, "vm.show", api.VMRef(ref=ref))
+        return self.call(api.VM_SHOW, {"ref": ref})
 
     def vm_create(self, req: api.VMCreate) -> Operation:
-        return self._typed(api.OperationStarted, "vm.create", req).operation
+        return self.call(api.VM_CREATE, req).operation
 
-    def vm_action(self, action: str, refs: list[str]) -> list[dict[str, Any]]:
-        """``action`` in start|stop|restart|kill|delete on several VMs; one result per ref, in order."""
-        return self._typed(api.FanOutResult, f"vm.{action}", api.VMRefs(refs=refs)).results
+    def vm_action(self, action: api.Rpc[api.VMRefs, api.FanOutResult], refs: list[str]) -> list[api.VMOutcome]:
+        """``action`` (api.VM_START, VM_STOP, VM_RESTART, VM_KILL, VM_DELETE) on several VMs; one outcome per
+        ref, in order."""
+        return self.call(action, {"refs": refs}).results
 
     def vm_prune(self) -> list[VM]:
-        return self._typed(api.VMList, "vm.prune").vms
+        return self.call(api.VM_PRUNE).vms
 
     def vm_exec_start(self, req: api.ExecStart) -> str:
-        return self._typed(api.ExecStarted, "vm.exec.start", req).id
+        return self.call(api.VM_EXEC_START, req).id
 
     def vm_exec_read(self, exec_id: str, offset: int, wait: float = 25.0) -> api.ExecOutput:
-        return self._typed(api.ExecOutput, "vm.exec.read", api.ExecRead(id=exec_id, offset=offset, wait=wait))
+        return self.call(api.VM_EXEC_READ, {"id": exec_id, "offset": offset, "wait": wait})
 
     def vm_exec_write(self, exec_id: str, data: str = "", eof: bool = False) -> None:
-        self.call("vm.exec.write", api.ExecWrite(id=exec_id, data=data, eof=eof))
+        self.call_raw(api.VM_EXEC_WRITE, {"id": exec_id, "data": data, "eof": eof})
 
     def vm_exec_signal(self, exec_id: str, signal: int) -> None:
-        self.call("vm.exec.signal", api.ExecSignal(id=exec_id, signal=signal))
+        self.call_raw(api.VM_EXEC_SIGNAL, {"id": exec_id, "signal": signal})
 
     def vm_templates_list(self) -> list[api.TemplateInfo]:
-        return self._typed(api.TemplateList, "vm.templates.list").templates
+        return self.call(api.VM_TEMPLATES_LIST).templates
 
     def vm_templates_prune(self, everything: bool = False) -> list[str]:
-        return self._typed(api.TemplatesPruned, "vm.templates.prune", api.TemplatesPrune(all=everything)).removed
+        return self.call(api.VM_TEMPLATES_PRUNE, {"all": everything}).removed
 
     def vm_templates_build(self, req: api.VMCreate) -> Operation:
-        return self._typed(api.OperationStarted, "vm.templates.build", req).operation
+        return self.call(api.VM_TEMPLATES_BUILD, req).operation
 
     def vm_set(self, req: api.VMSet) -> VM:
-        return self._typed(VM, "vm.set", req)
+        return self.call(api.VM_SET, req)
 
     def vm_logs(self, ref: str, offset: int = 0) -> api.VMLogsResult:
-        return self._typed(api.VMLogsResult, "vm.logs", api.VMLogs(ref=ref, offset=offset, max_bytes=1 << 20))
+        return self.call(api.VM_LOGS, {"ref": ref, "offset": offset, "max_bytes": 1 << 20})
 
     def vm_connect(self, ref: str, wait_ssh: bool = True) -> api.VMConnectInfo:
-        return self._typed(api.VMConnectInfo, "vm.connect", api.VMConnect(ref=ref, wait_ssh=wait_ssh))
+        return self.call(api.VM_CONNECT, {"ref": ref, "wait_ssh": wait_ssh})
 
     def vm_ports(self, refs: list[str]) -> list[api.VMPorts]:
-        return self._typed(api.VMPortsResult, "vm.ports", api.VMRefs(refs=refs)).vms
+        return self.call(api.VM_PORTS, {"refs": refs}).vms
 
     def vm_stats(self, ref: str) -> api.VMStats:
-        return self._typed(api.VMStats, "vm.stats", api.VMRef(ref=ref))
+        return self.call(api.VM_STATS, {"ref": ref})
 
     def vm_workspace_prepare(self, req: api.WorkspacePrepare) -> api.WorkspacePrepareResult:
-        return self._typed(api.WorkspacePrepareResult, "vm.workspace.prepare", req)
+        return self.call(api.WORKSPACE_PREPARE, req)
 
     def vm_workspace_export(self, req: api.WorkspaceExport) -> api.WorkspaceExportResult:
-        return self._typed(api.WorkspaceExportResult, "vm.workspace.export", req)
+        return self.call(api.WORKSPACE_EXPORT, req)
 
     def vm_workspace_export_read(self, export_id: str, offset: int) -> api.ExportChunk:
-        return self._typed(api.ExportChunk, "vm.workspace.export.read", api.ExportRead(id=export_id, offset=offset))
+        return self.call(api.WORKSPACE_EXPORT_READ, {"id": export_id, "offset": offset})
 
     # --- images and kernels -------------------------------------------------------------------------
 
     def image_list(self) -> list[Image]:
-        return self._typed(api.ImageList, "image.list").images
+        return self.call(api.IMAGE_LIST).images
 
     def image_show(self, name: str) -> Image:
-        return self._typed(Image, "image.show", api.ImageRef(name=name))
+        return self.call(api.IMAGE_SHOW, {"name": name})
 
     def kernel_list(self, available: bool = False) -> api.KernelList:
-        return self._typed(api.KernelList, "kernel.list", api.KernelListParams(available=available))
+        return self.call(api.KERNEL_LIST, {"available": available})
 
     def image_build(self, name: str | None = None, *, force: bool = False, no_cache: bool = False) -> Operation:
-        params = api.ImageBuild(force=force, no_cache=no_cache, **({"name": name} if name else {}))
-        return self._started("image.build", params)
+        params = {"force": force, "no_cache": no_cache, **({"name": name} if name else {})}
+        return self.call(api.IMAGE_BUILD, params).operation
 
     def image_pull(self, params: api.ImagePull) -> Operation:
-        return self._started("image.pull", params)
+        return self.call(api.IMAGE_PULL, params).operation
 
     def image_export(self, name: str, output: str) -> Operation:
-        return self._started("image.export", api.ImageExport(name=name, output=output))
+        return self.call(api.IMAGE_EXPORT, {"name": name, "output": output}).operation
 
     def image_register(self, params: api.ImageRegister) -> Operation:
-        return self._started("image.register", params)
+        return self.call(api.IMAGE_REGISTER, params).operation
 
     def image_promote(self, name: str) -> Image:
-        return self._typed(Image, "image.promote", api.ImagePromote(name=name))
+        return self.call(api.IMAGE_PROMOTE, {"name": name})
 
     def image_delete(self, name: str) -> None:
-        self.call("image.delete", api.ImageRef(name=name))
+        self.call_raw(api.IMAGE_DELETE, {"name": name})
 
     def image_cache_prune(self, dry_run: bool = False) -> api.CachePruneResult:
-        return self._typed(api.CachePruneResult, "image.cache.prune", api.CachePrune(dry_run=dry_run))
+        return self.call(api.IMAGE_CACHE_PRUNE, {"dry_run": dry_run})
 
     def kernel_show(self, name: str) -> Kernel:
-        return self._typed(Kernel, "kernel.show", api.KernelRef(name=name))
+        return self.call(api.KERNEL_SHOW, {"name": name})
 
     def kernel_pull(self, name: str, *, force: bool = False) -> Operation:
-        return self._started("kernel.pull", api.KernelPull(name=name, force=force))
+        return self.call(api.KERNEL_PULL, {"name": name, "force": force}).operation
 
     def kernel_rm(self, name: str) -> None:
-        self.call("kernel.rm", api.KernelRef(name=name))
+        self.call_raw(api.KERNEL_RM, {"name": name})
 
     def kernel_import(self, name: str, vmlinux: str, initrd: str | None = None) -> Kernel:
-        return self._typed(Kernel, "kernel.import", api.KernelImport(name=name, vmlinux=vmlinux, initrd=initrd))
-
-    def _started(self, method: str, params: BaseModel) -> Operation:
-        """Call a method that starts a daemon operation and return the operation to follow."""
-        return self._typed(api.OperationStarted, method, params).operation
+        return self.call(api.KERNEL_IMPORT, {"name": name, "vmlinux": vmlinux,
+                                             **({"initrd": initrd} if initrd else {})})
 
 
 def _trusted(daemon_uid: int | None) -> set[int]:

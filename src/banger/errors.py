@@ -28,7 +28,8 @@ JSON-RPC error objects in one place (:func:`to_rpc_error`), the client re-raises
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
 # Standard JSON-RPC 2.0 codes.
 PARSE_ERROR = -32700
@@ -169,8 +170,15 @@ def to_rpc_error(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def from_rpc_error(error: dict[str, Any]) -> BangerError:
-    """Rebuild the banger exception the daemon raised from its JSON-RPC error object."""
+class _Dumpable(Protocol):
+    def model_dump(self, *, exclude_none: bool) -> dict[str, Any]: ...
+
+
+def from_rpc_error(error: Mapping[str, Any] | _Dumpable) -> BangerError:
+    """Rebuild the banger exception the daemon raised from its JSON-RPC error object (a dict off the wire,
+    or the ``wire.ErrorInfo`` a typed result carries)."""
+    if not isinstance(error, Mapping):
+        error = error.model_dump(exclude_none=True)
     data = dict(error.get("data") or {})
     name = data.pop("type", None)
     hint = data.pop("hint", None)

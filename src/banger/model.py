@@ -1,4 +1,4 @@
-"""Records the daemon keeps and the wire carries: VMs, images, kernels and operations."""
+"""Records the daemon keeps and the wire carries: VMs, images and kernels (operations: banger.wire)."""
 
 from __future__ import annotations
 
@@ -89,22 +89,3 @@ class Kernel(Record):
     source: str = ""  # catalog | import
     manifest: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=now)
-
-
-class Operation(Record):
-    """A long-running daemon operation the CLI polls (create, build, pull)."""
-
-    id: str  # e.g. "op-5d1c9e"
-    kind: str  # e.g. "vm.create", "image.build", "kernel.pull"
-    target: str  # e.g. the VM or image name
-    state: OperationState = "running"
-    stage: str = ""  # current stage, e.g. "preparing disks"
-    stages: list[str] = Field(default_factory=list)  # stages seen so far, in order
-    timings: dict[str, float] = Field(default_factory=dict)  # seconds spent per finished stage
-    done: int = 0  # progress in the current stage (bytes or units)
-    total: int | None = None
-    log: list[str] = Field(default_factory=list)
-    error: dict[str, Any] | None = None  # JSON-RPC error object when failed
-    result: dict[str, Any] | None = None
-    started_at: datetime = Field(default_factory=now)
-    finished_at: datetime | None = None

@@ -19,7 +19,10 @@ class Reporter(Protocol):
         """Units (usually bytes) done in the current stage; ``total`` when known."""
 
     def log(self, message: str) -> None:
-        """A line worth keeping in the operation's history (warnings, decisions)."""
+        """A line worth keeping in the operation's history (decisions, timings)."""
+
+    def note(self, message: str) -> None:
+        """A line the user should see when the operation ends (the VMM chosen, a fallback, a warning)."""
 
 
 class NullReporter:
@@ -33,6 +36,9 @@ class NullReporter:
 
     def log(self, message: str) -> None:
         pass
+
+    def note(self, message: str) -> None:
+        self.log(message)
 
 
 class RecordingReporter(NullReporter):

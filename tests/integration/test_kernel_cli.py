@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from banger.model import VM, Operation, VMSpec
+from banger.model import VM, VMSpec
 from banger.store.db import open_db
 from banger.store.repo import Store
 from banger.testing.daemon import Home
+from banger.wire import Operation
 
 
 def _json(home: Home, *args: str) -> Any:
@@ -113,7 +114,7 @@ def test_pull_cancel_leaves_nothing(home: Home, stalling_mirror: str) -> None:
     with home.client() as c:
         op = _wait_stage(home, c.kernel_pull("debian-6.1"), "resolving")
         done = c.operation_cancel(op.id)
-    assert done.state == "cancelled" and done.error and "cancelled" in done.error["message"]
+    assert done.state == "cancelled" and done.error and "cancelled" in done.error.message
     assert _json(home, "kernel", "list") == []
     assert _leftovers(home) == []
 

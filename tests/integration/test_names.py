@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from banger import api
 from banger.errors import InvalidArgument
 from banger.images.manifest import ImageManifest, write_manifest
 from banger.model import VM, Image, VMSpec
@@ -52,7 +53,7 @@ def test_negative_log_offsets_are_refused(home: Home, tmp_path: Path) -> None:
     home.start_daemon()
     with home.client() as c:
         with pytest.raises(InvalidArgument, match="offset"):
-            c.call("vm.logs", {"ref": "logged", "offset": -1})
+            c.call_raw(api.VM_LOGS, {"ref": "logged", "offset": -1})
         with pytest.raises(ValueError):  # the typed client refuses before sending
             c.vm_logs("logged", -5)
         assert c.vm_logs("logged", 4).data == "456789"

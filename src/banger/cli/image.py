@@ -10,7 +10,8 @@ from banger import api
 from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
-from banger.model import Operation
+from banger.errors import ProtocolError
+from banger.wire import ImageExported, ImageInstalled, Operation
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 existing_file = params.EXISTING_FILE
@@ -26,12 +27,11 @@ def local_path(source: str) -> str:
 
 
 def _installed(op: Operation) -> None:
-    image = (op.result or {}).get("image") or {}
-    render.echo(f"image {image.get('name', op.target)} ready (kernel {image.get('kernel_ref') or 'bundled'})",
-                stderr=True)
-    for line in op.log:
-        if line.startswith("warning:"):
-            render.echo(line, stderr=True)
+    if isinstance(op.result, ImageInstalled):
+        image = op.result.image
+        render.echo(f"image {image.name} ready (kernel {image.kernel_ref or 'bundled'})", stderr=True)
+    for line in op.notes:
+        render.echo(line, stderr=True)
 
 
 @click.group()
@@ -103,11 +103,12 @@ def image_pull(ctx: Context, source: str, name: str | None, sha256: str | None, 
 def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
     """Write image NAME as a portable .tar.zst bundle."""
     op = run(ctx.client, lambda: ctx.client.image_export(name, os.path.abspath(output)))
-    result = op.result or {}
+    if not isinstance(op.result, ImageExported):
+        raise ProtocolError(f"image.export ended without saying where the bundle is: {op.result!r}")
     if as_json:
-        render.as_json(result)
+        render.as_json(op.result)
         return
-    render.echo(f"{result.get('sha256')}  {result.get('path')}")
+    render.echo(f"{op.result.sha256}  {op.result.path}")
 
 
 @image.command("register")
@@ -159,7 +160,7 @@ def cache_prune(ctx: Context, dry_run: bool, as_json: bool) -> None:
     if as_json:
         render.as_json(result)
         return
-    render.table(["PATH", "SIZE"], [[r["path"], render.size(r["size"])] for r in result.removed],
+    render.table(["PATH", "SIZE"], [[r.path, render.size(r.size)] for r in result.removed],
                  empty="nothing to prune")
     verb = "would free" if dry_run else "freed"
     render.err.print(f"{len(result.removed)} entries, {verb} {render.size(result.bytes)}")

@@ -9,6 +9,7 @@ import click
 from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
+from banger.wire import KernelInstalled
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 existing_file = params.EXISTING_FILE
@@ -31,8 +32,7 @@ def kernel_list(ctx: Context, available: bool, as_json: bool) -> None:
         return
     rows = [[k.name, k.version, k.source, "local", render.ago(k.created_at)] for k in result.kernels]
     local = {k.name for k in result.kernels}
-    rows += [[e["name"], e.get("kernel_version", ""), "catalog", "available", ""]
-             for e in result.available if e["name"] not in local]
+    rows += [[e.name, e.kernel_version, "catalog", "available", ""] for e in result.available if e.name not in local]
     render.table(["NAME", "VERSION", "SOURCE", "STATUS", "CREATED"], rows,
                  empty="no kernels yet; `banger kernel pull debian-6.1` builds the default one")
 
@@ -60,7 +60,7 @@ def kernel_show(ctx: Context, name: str, as_json: bool) -> None:
 def kernel_pull(ctx: Context, name: str, force: bool) -> None:
     """Fetch (or build) catalog kernel NAME; Ctrl-C cancels and leaves nothing behind."""
     op = run(ctx.client, lambda: ctx.client.kernel_pull(name, force=force))
-    version = ((op.result or {}).get("kernel") or {}).get("version", "")
+    version = op.result.kernel.version if isinstance(op.result, KernelInstalled) else ""
     render.echo(f"kernel {name} {version} installed".replace("  ", " "), stderr=True)
 
 

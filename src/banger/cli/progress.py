@@ -14,7 +14,7 @@ from collections.abc import Callable
 from banger.cli import render
 from banger.client import Client
 from banger.errors import Cancelled, from_rpc_error
-from banger.model import Operation
+from banger.wire import Operation
 
 POLL = 0.25
 _SIGINT = {signal.SIGINT}

@@ -37,7 +37,7 @@ def templates_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def templates_build(ctx: Context, **opts: object) -> None:
     """Build the template a `vm create` with these options would clone (nothing to do when it exists)."""
-    from banger.api import VMCreate
+    from banger.api import TemplateBuilt, VMCreate
     from banger.cli.progress import run
 
     opts.pop("cold", None)
@@ -45,8 +45,8 @@ def templates_build(ctx: Context, **opts: object) -> None:
     opts.pop("name", None)
     req = VMCreate(**{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
     op = run(ctx.client, lambda: ctx.client.vm_templates_build(req))
-    result = op.result or {}
-    render.echo(f"template {result.get('template')} ready")
+    if isinstance(op.result, TemplateBuilt):
+        render.echo(f"template {op.result.template} ready")
 
 
 @templates.command("prune")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from banger.api import VMSet, WorkspacePrepare, WorkspacePrepareResult
+from banger import api
 from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
-from banger.model import VM
+from banger.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from banger.model import VM
+    from banger.wire import WorkspacePrepare, WorkspacePrepareResult
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -90,19 +96,17 @@ def create_vm(ctx: Context, opts: dict[str, object], *, start: bool = True, quie
               workspace: WorkspacePrepare | None = None) -> tuple[VM, WorkspacePrepareResult | None]:
     """Start a vm.create operation, follow it, and return the VM (shared with `vm run`) and, when the
     daemon built ``workspace`` into it as a disk, what it prepared."""
-    from banger.api import VMCreate
     from banger.cli.progress import run
+    from banger.wire import VMCreate, VMCreated
 
     req = VMCreate(start=start, workspace=workspace,
                    **{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
     op = run(ctx.client, lambda: ctx.client.vm_create(req), quiet=quiet)
-    result = op.result or {}
-    for line in op.log:
-        if line.startswith(("runtime ", "snapshot: ")):
-            render.echo(line, stderr=True)
-    prepared = result.get("workspace")
-    built = WorkspacePrepareResult.model_validate(prepared) if prepared else None
-    return VM.model_validate(result["vm"]), built
+    for line in op.notes:  # the VMM chosen and why, a clone or why not
+        render.echo(line, stderr=True)
+    if not isinstance(op.result, VMCreated):
+        raise ProtocolError(f"vm.create ended without the VM it made: {op.result!r}")
+    return op.result.vm, op.result.workspace
 
 
 @vm.command("create")
@@ -123,20 +127,19 @@ DONE = {"start": "started", "stop": "stopped", "restart": "restarted", "kill": "
 
 
 def _fan_out(ctx: Context, action: str, refs: tuple[str, ...], as_json: bool) -> None:
-    results = ctx.client.vm_action(action, list(refs))
+    results = ctx.client.vm_action(ACTIONS[action], list(refs))
     if as_json:
         render.as_json(results)
     failed = 0
     for r in results:
-        if r["ok"]:
+        if r.ok:
             if not as_json:
-                render.echo(f"{r['ref']}: {DONE[action]}")  # what was done, not the state it was done from
+                render.echo(f"{r.ref}: {DONE[action]}")  # what was done, not the state it was done from
         else:
             failed += 1
-            err = r["error"]
-            render.echo(f"{r['ref']}: error: {err['message']}", stderr=True)
-            if (err.get("data") or {}).get("hint"):
-                render.echo(f"  hint: {err['data']['hint']}", stderr=True)
+            render.echo(f"{r.ref}: error: {r.error.message if r.error else 'failed'}", stderr=True)
+            if r.error and r.error.data.hint:
+                render.echo(f"  hint: {r.error.data.hint}", stderr=True)
     if failed:
         raise SystemExit(1)
 
@@ -150,6 +153,8 @@ def _action(name: str, help_text: str) -> None:
         _fan_out(ctx, name, refs, as_json)
 
 
+ACTIONS = {"start": api.VM_START, "stop": api.VM_STOP, "restart": api.VM_RESTART, "kill": api.VM_KILL,
+           "delete": api.VM_DELETE}
 for _name, _help in (("start", "Start stopped VMs."), ("stop", "Stop VMs gracefully (then kill after a grace)."),
                      ("restart", "Restart VMs."), ("kill", "Kill VMs' VMM processes at once."),
                      ("delete", "Delete VMs and everything they hold.")):
@@ -174,8 +179,8 @@ def vm_prune(ctx: Context, force: bool) -> None:
 
 @vm.command("set")
 @click.argument("ref", shell_complete=completion.vms)
-@click.option("--vcpu", type=params.field_range(VMSet, "vcpu"), help="Virtual CPUs (applies at next start).")
-@click.option("--memory", "memory_mib", type=params.field_range(VMSet, "memory_mib"),
+@click.option("--vcpu", type=params.field_range(api.VMSet, "vcpu"), help="Virtual CPUs (applies at next start).")
+@click.option("--memory", "memory_mib", type=params.field_range(api.VMSet, "memory_mib"),
               help="Memory in MiB (applies at next start).")
 @click.option("--disk-size", type=params.DISK_SIZE, help="Grow the work disk (VM must be stopped).")
 @click.option("--nat/--no-nat", default=None, help="Outbound NAT (applies at once when running).")
@@ -183,7 +188,7 @@ def vm_prune(ctx: Context, force: bool) -> None:
 @pass_ctx
 def vm_set(ctx: Context, ref: str, as_json: bool, **opts: object) -> None:
     """Change a VM's resources."""
-    v = ctx.client.vm_set(VMSet(ref=ref, **{k: val for k, val in opts.items() if val is not None}))  # type: ignore[arg-type]
+    v = ctx.client.vm_set(api.VMSet(ref=ref, **{k: val for k, val in opts.items() if val is not None}))  # type: ignore[arg-type]
     if as_json:
         render.as_json(v)
     else:
@@ -229,10 +234,6 @@ def vm_stats(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         render.as_json(stats)
         return
-    rows = []
-    for s in stats:
-        d = s.stats
-        alloc = sum(v["allocated"] for v in d.get("disks", {}).values())
-        rows.append([s.ref, d.get("state"), d.get("pid", "-"), f"{d.get('cpu_seconds', 0):.1f}s",
-                     render.size(d.get("rss_bytes")), render.size(alloc)])
+    rows = [[s.ref, s.state, s.pid or "-", f"{s.cpu_seconds or 0:.1f}s", render.size(s.rss_bytes),
+             render.size(sum(d.allocated for d in s.disks.values()))] for s in stats]
     render.table(["NAME", "STATE", "PID", "CPU", "RSS", "DISK USED"], rows)

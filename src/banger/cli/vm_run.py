@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from banger import api
 from banger.api import VMConnectInfo
 from banger.cli import completion, render, workspace
 from banger.cli.context import Context, pass_ctx
@@ -143,9 +144,10 @@ def _shell_in(info: VMConnectInfo) -> int:
 def _delete_uninterruptibly(ctx: Context, name: str) -> None:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C must not leave half a VM behind
     try:
-        results = ctx.client.vm_action("delete", [name])
-        if not results[0]["ok"]:
-            render.echo(f"could not delete VM {name}: {results[0]['error']['message']}", stderr=True)
+        outcome = ctx.client.vm_action(api.VM_DELETE, [name])[0]
+        if not outcome.ok:
+            render.echo(f"could not delete VM {name}: {outcome.error.message if outcome.error else '?'}",
+                        stderr=True)
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -179,12 +181,11 @@ def vm_ports(ctx: Context, refs: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         render.as_json(results)
     else:
-        rows = [[r.ref, li["proto"], f"{li['address']}:{li['port']}", li["process"],
-                 "(guest only)" if li["address"].startswith("127.") or li["address"] == "::1" else li["endpoint"]]
-                for r in results if r.ok for li in r.listeners]
+        rows = [[r.ref, li.proto, f"{li.address}:{li.port}", li.process,
+                 "(guest only)" if li.guest_only else li.endpoint] for r in results if r.ok for li in r.listeners]
         render.table(["VM", "PROTO", "LISTEN", "PROCESS", "ENDPOINT"], rows, empty="no listening sockets")
     failed = [r for r in results if not r.ok]
     for r in failed:
-        render.echo(f"{r.ref}: error: {(r.error or {}).get('message')}", stderr=True)
+        render.echo(f"{r.ref}: error: {r.error.message if r.error else 'failed'}", stderr=True)
     if failed:
         sys.exit(1)

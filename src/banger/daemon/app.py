@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from banger import __version__, ipam
 from banger.config import Config
@@ -108,7 +108,9 @@ class Daemon:
             field = ".".join(str(p) for p in first["loc"]) or "params"
             raise InvalidArgument(f"{method}: invalid params: {field}: {first['msg']}") from exc
         result = await entry.handler(self, parsed)
-        return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+        if not isinstance(result, entry.rpc.result):  # the declaration is the contract the client decodes by
+            raise TypeError(f"{method} returned {type(result).__name__}, not {entry.rpc.result.__name__}")
+        return result.model_dump(mode="json")
 
     async def serve_forever(self) -> None:
         await self.stopping.wait()

@@ -46,7 +46,7 @@ class Session:
     events: list[tuple[str, bytes]] = field(default_factory=list)
     unread: int = 0
     status: int | None = None
-    error: dict[str, object] | None = None
+    error: api.ErrorInfo | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_read: float = field(default_factory=time.monotonic)
     overflowed: bool = False  # MAX_UNREAD was reached and the command killed
@@ -147,7 +147,7 @@ class ExecService:
         try:
             session.status = (await session.proc.wait()).status
         except Exception as exc:
-            session.error = to_rpc_error(exc)
+            session.error = api.ErrorInfo.model_validate(to_rpc_error(exc))
         finally:
             session.proc.forget()
             session.changed.set()

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 from banger import api
 from banger.config import Config
@@ -32,11 +31,12 @@ from banger.images import catalog as image_catalog
 from banger.images import local as image_store
 from banger.images.manifest import ImageManifest
 from banger.kernels import catalog as kernel_catalog
-from banger.model import Image, Operation
+from banger.model import Image
 from banger.names import NAME_RE, validate_name
 from banger.paths import Layout
 from banger.progress import Reporter
 from banger.store.repo import Store
+from banger.wire import Operation
 
 log = logging.getLogger("banger.daemon.images")
 DEFAULT_SETTING = "default_image"
@@ -140,7 +140,7 @@ class ImageService:
     def start_build(self, name: str, force: bool = False, no_cache: bool = False) -> Operation:
         """Start ``image.build``: the golden image, registered as ``name``."""
         self._check_free(validate_name("image", name), force)
-        return self._start("image.build", name, force, self._golden_producer(name, no_cache))
+        return self._start(api.IMAGE_BUILD.name, name, force, self._golden_producer(name, no_cache))
 
     def _golden_producer(self, name: str, no_cache: bool) -> Produce:
         async def produce(dest: Path, reporter: Reporter) -> ImageManifest:
@@ -153,7 +153,7 @@ class ImageService:
         """Start ``image.pull`` from a catalog name, a bundle URL or file, or a registry reference."""
         name = validate_name("image", p.name) if p.name else self._pull_name(p.source)
         self._check_free(name, p.force)
-        return self._start("image.pull", name, p.force, self._pull_producer(p))
+        return self._start(api.IMAGE_PULL.name, name, p.force, self._pull_producer(p))
 
     def _pull_name(self, source: str) -> str:
         return source if source in image_catalog.load_catalog() else default_pull_name(source)
@@ -188,14 +188,14 @@ class ImageService:
             raise InvalidArgument("pass either --kernel-ref or --kernel, not both")
         if p.kernel_ref:
             self._check_kernel_ref(p.kernel_ref)
-        return self.operations.start("image.register", name, lambda r: self._register(p, name, r))
+        return self.operations.start(api.IMAGE_REGISTER.name, name, lambda r: self._register(p, name, r))
 
     def _check_kernel_ref(self, name: str) -> None:
         if self.store.find_kernel(validate_name("kernel", name)) is None and name not in kernel_catalog_names():
             raise NotFound(f"kernel {name!r} is neither installed nor in the kernel catalog",
                            hint="`banger kernel import` it first, or see `banger kernel list --available`")
 
-    async def _register(self, p: api.ImageRegister, name: str, reporter: Reporter) -> dict[str, Any]:
+    async def _register(self, p: api.ImageRegister, name: str, reporter: Reporter) -> api.ImageInstalled:
         async with AsyncExitStack() as undo:
             kernel_ref = p.kernel_ref or self.config.default_kernel
             if p.kernel:
@@ -210,7 +210,7 @@ class ImageService:
 
             image = await self._install(name, False, reporter, produce)
             undo.pop_all()
-        return {"image": image.model_dump(mode="json")}
+        return api.ImageInstalled(image=image)
 
     def start_export(self, name: str, output: str) -> Operation:
         """Start ``image.export``: write image ``name`` as a ``.tar.zst`` bundle at ``output``."""
@@ -220,21 +220,20 @@ class ImageService:
             raise InvalidArgument(f"output path {output!r} must be absolute (the daemon has its own cwd)")
         if not (out.is_dir() or out.parent.is_dir()):
             raise NotFound(f"directory {out.parent} does not exist", hint="create it or pick another -o path")
-        return self.operations.start("image.export", name, lambda r: self._export(name, out, r))
+        return self.operations.start(api.IMAGE_EXPORT.name, name, lambda r: self._export(name, out, r))
 
-    async def _export(self, name: str, out: Path, reporter: Reporter) -> dict[str, Any]:
+    async def _export(self, name: str, out: Path, reporter: Reporter) -> api.ImageExported:
         async with self.lock.hold(name):
             image = self.get(name)
             reporter.stage(f"writing bundle of {name}")
             path = await bundle.export_bundle(Path(image.dir), out)
         reporter.stage("checksumming bundle")
         digest = await asyncio.to_thread(sha256_file, path)
-        return {"path": str(path), "sha256": digest, "size": path.stat().st_size}
+        return api.ImageExported(path=str(path), sha256=digest, size=path.stat().st_size)
 
     def _start(self, kind: str, name: str, force: bool, produce: Produce) -> Operation:
-        async def work(reporter: Reporter) -> dict[str, Any]:
-            image = await self._install(name, force, reporter, produce)
-            return {"image": image.model_dump(mode="json")}
+        async def work(reporter: Reporter) -> api.ImageInstalled:
+            return api.ImageInstalled(image=await self._install(name, force, reporter, produce))
 
         return self.operations.start(kind, name, work)
 
@@ -273,7 +272,7 @@ class ImageService:
         except (Cancelled, asyncio.CancelledError):
             raise
         except BangerError as exc:
-            reporter.log(f"warning: kernel {kernel_ref!r} is not available: {exc.message}; "
+            reporter.note(f"warning: kernel {kernel_ref!r} is not available: {exc.message}; "
                          f"run `banger kernel pull {kernel_ref}` before creating a VM")
 
     def _commit(self, built: Path, manifest: ImageManifest) -> Image:
@@ -314,7 +313,7 @@ class ImageService:
         keep = oci_registry.referenced_digests(i.manifest.get("extra") or {} for i in self.list_images())
         doomed = await asyncio.to_thread(oci_registry.prune_cache, self.cache_dir, keep, dry_run)
         doomed += await asyncio.to_thread(self._prune_golden, dry_run)
-        removed = [{"path": str(p), "size": size} for p, size in doomed]
+        removed = [api.RemovedFile(path=str(p), size=size) for p, size in doomed]
         return api.CachePruneResult(removed=removed, bytes=sum(size for _, size in doomed))
 
     def _prune_golden(self, dry_run: bool) -> list[tuple[Path, int]]:

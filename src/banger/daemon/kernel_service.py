@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
 
 from banger import api
 from banger.config import Config
@@ -15,11 +14,12 @@ from banger.errors import AlreadyExists, BangerError, Conflict, InvalidArgument,
 from banger.kernels import catalog
 from banger.kernels import local as kernel_store
 from banger.kernels.manifest import KernelManifest
-from banger.model import Kernel, Operation
+from banger.model import Kernel
 from banger.names import validate_name
 from banger.paths import Layout
 from banger.progress import Reporter
 from banger.store.repo import Store
+from banger.wire import Operation
 
 log = logging.getLogger("banger.daemon.kernels")
 
@@ -70,8 +70,7 @@ class KernelService:
 
     def list_kernels(self, available: bool = False) -> api.KernelList:
         """Installed kernels, plus the catalog entries when ``available``."""
-        entries = [e.model_dump(mode="json") for e in catalog.entries()] if available else []
-        return api.KernelList(kernels=self.store.list_kernels(), available=entries)
+        return api.KernelList(kernels=self.store.list_kernels(), available=catalog.entries() if available else [])
 
     def get(self, name: str) -> Kernel:
         """Installed kernel ``name``; NotFound saying how to get it otherwise."""
@@ -99,11 +98,10 @@ class KernelService:
             raise AlreadyExists(f"kernel {name!r} is already installed",
                                 hint=f"`banger kernel pull {name} --force` replaces it")
 
-        async def work(reporter: Reporter) -> dict[str, Any]:
-            kernel = await self.pull(entry, force, reporter)
-            return {"kernel": kernel.model_dump(mode="json")}
+        async def work(reporter: Reporter) -> api.KernelInstalled:
+            return api.KernelInstalled(kernel=await self.pull(entry, force, reporter))
 
-        return self.operations.start("kernel.pull", name, work)
+        return self.operations.start(api.KERNEL_PULL.name, name, work)
 
     async def pull(self, entry: catalog.CatalogEntry, force: bool, reporter: Reporter) -> Kernel:
         """Fetch or build catalog ``entry`` (staged, renamed in whole) and record it."""

@@ -1,6 +1,8 @@
-"""The whole RPC surface in one table: method name -> (params model, handler).
+"""The whole RPC surface in one table: each ``banger.api`` declaration -> its handler.
 
-Handlers decode (done by the dispatcher), call one service, and return a result model; nothing else.
+Handlers decode (done by the dispatcher), call one service, and return the declared result model;
+nothing else. A declaration without a handler (or a handler for something undeclared) stops the
+daemon at import, so the table and ``api`` cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Method:
-    params: type[api.Params]
+    rpc: api.Rpc[Any, Any]
     handler: Callable[[Daemon, Any], Awaitable[Any]]
+
+    @property
+    def params(self) -> type[api.Params]:
+        return self.rpc.params  # type: ignore[no-any-return]
 
 
 # --- daemon -------------------------------------------------------------------------------------------
@@ -230,50 +236,62 @@ async def kernel_import(d: Daemon, p: api.KernelImport) -> Any:
     return await d.kernels.import_kernel(p.name, p.vmlinux, p.initrd)
 
 
-METHODS: dict[str, Method] = {
-    "daemon.ping": Method(api.Empty, ping),
-    "daemon.status": Method(api.Empty, status),
-    "daemon.shutdown": Method(api.Empty, shutdown),
-    "daemon.operations.list": Method(api.Empty, operations_list),
-    "operation.get": Method(api.OperationRef, operation_get),
-    "operation.wait": Method(api.OperationWait, operation_wait),
-    "operation.cancel": Method(api.OperationRef, operation_cancel),
-    "vm.list": Method(api.Empty, vm_list),
-    "vm.show": Method(api.VMRef, vm_show),
-    "vm.create": Method(api.VMCreate, vm_create),
-    "vm.start": Method(api.VMRefs, vm_start),
-    "vm.stop": Method(api.VMRefs, vm_stop),
-    "vm.restart": Method(api.VMRefs, vm_restart),
-    "vm.kill": Method(api.VMRefs, vm_kill),
-    "vm.delete": Method(api.VMRefs, vm_delete),
-    "vm.prune": Method(api.Empty, vm_prune),
-    "vm.exec.start": Method(api.ExecStart, vm_exec_start),
-    "vm.exec.read": Method(api.ExecRead, vm_exec_read),
-    "vm.exec.write": Method(api.ExecWrite, vm_exec_write),
-    "vm.exec.signal": Method(api.ExecSignal, vm_exec_signal),
-    "vm.templates.list": Method(api.Empty, vm_templates_list),
-    "vm.templates.prune": Method(api.TemplatesPrune, vm_templates_prune),
-    "vm.templates.build": Method(api.VMCreate, vm_templates_build),
-    "vm.set": Method(api.VMSet, vm_set),
-    "vm.logs": Method(api.VMLogs, vm_logs),
-    "vm.stats": Method(api.VMRef, vm_stats),
-    "vm.connect": Method(api.VMConnect, vm_connect),
-    "vm.ports": Method(api.VMRefs, vm_ports),
-    "vm.workspace.prepare": Method(api.WorkspacePrepare, vm_workspace_prepare),
-    "vm.workspace.export": Method(api.WorkspaceExport, vm_workspace_export),
-    "vm.workspace.export.read": Method(api.ExportRead, vm_workspace_export_read),
-    "image.list": Method(api.Empty, image_list),
-    "image.show": Method(api.ImageRef, image_show),
-    "image.build": Method(api.ImageBuild, image_build),
-    "image.pull": Method(api.ImagePull, image_pull),
-    "image.export": Method(api.ImageExport, image_export),
-    "image.register": Method(api.ImageRegister, image_register),
-    "image.promote": Method(api.ImagePromote, image_promote),
-    "image.delete": Method(api.ImageRef, image_delete),
-    "image.cache.prune": Method(api.CachePrune, image_cache_prune),
-    "kernel.list": Method(api.KernelListParams, kernel_list),
-    "kernel.show": Method(api.KernelRef, kernel_show),
-    "kernel.pull": Method(api.KernelPull, kernel_pull),
-    "kernel.rm": Method(api.KernelRef, kernel_rm),
-    "kernel.import": Method(api.KernelImport, kernel_import),
+HANDLERS: dict[api.Rpc[Any, Any], Callable[[Daemon, Any], Awaitable[Any]]] = {
+    api.DAEMON_PING: ping,
+    api.DAEMON_STATUS: status,
+    api.DAEMON_SHUTDOWN: shutdown,
+    api.OPERATIONS_LIST: operations_list,
+    api.OPERATION_GET: operation_get,
+    api.OPERATION_WAIT: operation_wait,
+    api.OPERATION_CANCEL: operation_cancel,
+    api.VM_LIST: vm_list,
+    api.VM_SHOW: vm_show,
+    api.VM_CREATE: vm_create,
+    api.VM_START: vm_start,
+    api.VM_STOP: vm_stop,
+    api.VM_RESTART: vm_restart,
+    api.VM_KILL: vm_kill,
+    api.VM_DELETE: vm_delete,
+    api.VM_PRUNE: vm_prune,
+    api.VM_EXEC_START: vm_exec_start,
+    api.VM_EXEC_READ: vm_exec_read,
+    api.VM_EXEC_WRITE: vm_exec_write,
+    api.VM_EXEC_SIGNAL: vm_exec_signal,
+    api.VM_TEMPLATES_LIST: vm_templates_list,
+    api.VM_TEMPLATES_PRUNE: vm_templates_prune,
+    api.VM_TEMPLATES_BUILD: vm_templates_build,
+    api.VM_SET: vm_set,
+    api.VM_LOGS: vm_logs,
+    api.VM_STATS: vm_stats,
+    api.VM_CONNECT: vm_connect,
+    api.VM_PORTS: vm_ports,
+    api.WORKSPACE_PREPARE: vm_workspace_prepare,
+    api.WORKSPACE_EXPORT: vm_workspace_export,
+    api.WORKSPACE_EXPORT_READ: vm_workspace_export_read,
+    api.IMAGE_LIST: image_list,
+    api.IMAGE_SHOW: image_show,
+    api.IMAGE_BUILD: image_build,
+    api.IMAGE_PULL: image_pull,
+    api.IMAGE_EXPORT: image_export,
+    api.IMAGE_REGISTER: image_register,
+    api.IMAGE_PROMOTE: image_promote,
+    api.IMAGE_DELETE: image_delete,
+    api.IMAGE_CACHE_PRUNE: image_cache_prune,
+    api.KERNEL_LIST: kernel_list,
+    api.KERNEL_SHOW: kernel_show,
+    api.KERNEL_PULL: kernel_pull,
+    api.KERNEL_RM: kernel_rm,
+    api.KERNEL_IMPORT: kernel_import,
 }
+
+
+def _table() -> dict[str, Method]:
+    missing = sorted(set(api.RPCS) - {rpc.name for rpc in HANDLERS})
+    undeclared = sorted(rpc.name for rpc in HANDLERS if api.RPCS.get(rpc.name) is not rpc)
+    if missing or undeclared:
+        raise RuntimeError(f"daemon.methods and banger.api disagree: no handler for {missing}, "
+                           f"not declared: {undeclared}")
+    return {rpc.name: Method(rpc, handler) for rpc, handler in HANDLERS.items()}
+
+
+METHODS: dict[str, Method] = _table()

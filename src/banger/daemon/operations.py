@@ -13,15 +13,15 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from banger.errors import Cancelled, NotFound, to_rpc_error
-from banger.model import Operation, now
+from banger.errors import INTERNAL_ERROR, Cancelled, NotFound, to_rpc_error
+from banger.model import now
+from banger.wire import ErrorInfo, Operation, OperationResult
 
 log = logging.getLogger("banger.daemon.operations")
 KEEP_FINISHED = 200
 
-Work = Callable[["OperationReporter"], Awaitable[dict[str, Any] | None]]
+Work = Callable[["OperationReporter"], Awaitable[OperationResult | None]]
 
 
 class OperationReporter:
@@ -51,6 +51,10 @@ class OperationReporter:
         self.op.log.append(message)
         log.info("operation log", extra={"op": self.op.id, "line": message})
 
+    def note(self, message: str) -> None:
+        self.op.notes.append(message)
+        self.log(message)
+
 
 class Operations:
     """Registry of operations by id."""
@@ -69,16 +73,16 @@ class Operations:
     async def _run(self, op: Operation, work: Work) -> None:
         reporter = OperationReporter(op)
         try:
-            op.result = await work(reporter) or {}
+            op.result = await work(reporter)
             op.state = "succeeded"
         except asyncio.CancelledError:
             op.state = "cancelled"
-            op.error = to_rpc_error(Cancelled(f"{op.kind} {op.target} was cancelled"))
+            op.error = ErrorInfo.model_validate(to_rpc_error(Cancelled(f"{op.kind} {op.target} was cancelled")))
         except Exception as exc:
             op.state = "failed"
-            op.error = to_rpc_error(exc)
-            log.log(logging.INFO if op.error["code"] != -32603 else logging.ERROR,
-                    "operation failed", extra={"op": op.id}, exc_info=op.error["code"] == -32603)
+            op.error = ErrorInfo.model_validate(to_rpc_error(exc))
+            log.log(logging.INFO if op.error.code != INTERNAL_ERROR else logging.ERROR,
+                    "operation failed", extra={"op": op.id}, exc_info=op.error.code == INTERNAL_ERROR)
         finally:
             reporter.finish_stage()
             op.finished_at = now()

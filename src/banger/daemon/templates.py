@@ -165,7 +165,7 @@ class TemplateService:
             if found is not None:
                 self.claim(found.digest)
                 return found
-            reporter.log(f"snapshot: building a template ({spec.vcpu} vCPU, {spec.memory_mib} MiB, image "
+            reporter.note(f"snapshot: building a template ({spec.vcpu} vCPU, {spec.memory_mib} MiB, image "
                          f"{image.name}) once; VMs with the same shape then start from it")
             built = await self._build(key, image, kernel, accel, reserve_ip, reporter)
             self.claim(built.digest)

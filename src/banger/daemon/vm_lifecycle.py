@@ -221,7 +221,7 @@ class Lifecycle:
         reporter.stage("building the config disk")
         files, warnings = await self.planned_files()
         for warning in warnings:
-            reporter.log(f"warning: {warning}")
+            reporter.note(f"warning: {warning}")
         await provision.build_config_disk(path, files, host_key)
 
     def make_host_key(self, vm: VM) -> tuple[bytes, bytes]:

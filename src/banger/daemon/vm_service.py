@@ -48,11 +48,12 @@ from banger.errors import (
 )
 from banger.guest import ports, ssh
 from banger.host import storage
-from banger.model import VM, Image, Kernel, Operation, VMSpec, Workspace, now
+from banger.model import VM, Image, Kernel, VMSpec, Workspace, now
 from banger.names import validate_name
 from banger.paths import Layout
 from banger.progress import NullReporter, Reporter
 from banger.store.repo import Store
+from banger.wire import Operation
 
 log = logging.getLogger("banger.daemon.vm")
 
@@ -106,16 +107,16 @@ class VMService:
         image_name = req.image or self.images.default_name()
         validate_name("image", image_name)
         spec = build_spec(req, self.defaults(), image_name, self.config.runtime)
-        return self.operations.start("vm.create", req.name or "(new VM)",
+        return self.operations.start(api.VM_CREATE.name, req.name or "(new VM)",
                                      lambda r: self._create(req, spec, r))
 
-    async def _create(self, req: api.VMCreate, spec: VMSpec, reporter: Reporter) -> dict[str, Any]:
+    async def _create(self, req: api.VMCreate, spec: VMSpec, reporter: Reporter) -> api.VMCreated:
         reporter.stage("resolving image")
         image = await self.images.ensure(spec.image, reporter)
         kernel = await self.kernels.ensure(spec.kernel or image.kernel_ref or self.config.default_kernel, reporter)
         choice = await self.runtimes.choose(spec.runtime, Path(kernel.dir) / "vmlinux",
                                             Path(kernel.dir) / "initrd.img")
-        reporter.log(choice.note)
+        reporter.note(choice.note)
         template = await self._template_for(req, spec, image, kernel, choice.runtime, choice.accel, reporter)
         try:
             async with self.create_lock:
@@ -129,7 +130,7 @@ class VMService:
                 self.templates.release(template.digest)
 
     async def _create_with(self, req: api.VMCreate, vm: VM, image: Image, kernel: Kernel, choice: Choice,
-                           template: Template | None, reporter: Reporter) -> dict[str, Any]:
+                           template: Template | None, reporter: Reporter) -> api.VMCreated:
         template_used: str | None = None
         prepared: api.WorkspacePrepareResult | None = None
         top: set[str] = set()
@@ -168,8 +169,7 @@ class VMService:
                 prepared.notes += await self.workspaces.bootstrap_offline(vm, req.workspace, vm.workspace, top)
             vm = self.store.update_vm(self.store.get_vm(vm.id), creating=False)
             undo.pop_all()
-        return {"vm": vm.model_dump(mode="json"), "note": choice.note, "template": template_used,
-                "workspace": prepared.model_dump(mode="json") if prepared is not None else None}
+        return api.VMCreated(vm=vm, runtime_note=choice.note, template=template_used, workspace=prepared)
 
     def build_template(self, req: api.VMCreate) -> Operation:
         """``banger vm templates build``: the template a ``vm create`` with these options would clone,
@@ -178,15 +178,15 @@ class VMService:
         validate_name("image", image_name)
         spec = build_spec(req, self.defaults(), image_name, "qemu")
 
-        async def build(reporter: Reporter) -> dict[str, Any]:
+        async def build(reporter: Reporter) -> api.TemplateBuilt:
             image = await self.images.ensure(spec.image, reporter)
             kernel = await self.kernels.ensure(spec.kernel or image.kernel_ref or self.config.default_kernel, reporter)
             choice = await self.runtimes.choose("qemu", Path(kernel.dir) / "vmlinux", Path(kernel.dir) / "initrd.img")
             template = await self.templates.ensure(image, kernel, spec, choice.accel, self._free_ip, reporter)
             self.templates.release(template.digest)  # built ahead of time: no clone waits on it
-            return {"template": template.digest, "build_seconds": template.meta.get("build_seconds")}
+            return api.TemplateBuilt(template=template.digest, build_seconds=template.meta.get("build_seconds"))
 
-        return self.operations.start("vm.templates.build", image_name, build)
+        return self.operations.start(api.VM_TEMPLATES_BUILD.name, image_name, build)
 
     def _free_ip(self) -> str:
         """The lowest address no VM and no template being built holds (callers hold the create lock or
@@ -199,14 +199,14 @@ class VMService:
         if not req.start or req.cold or not self.config.snapshots:
             return None
         if runtime != "qemu":
-            reporter.log("snapshot: clones are QEMU-only for now; booting Firecracker cold")
+            reporter.note("snapshot: clones are QEMU-only for now; booting Firecracker cold")
             return None
         try:
             return await self.templates.ensure(image, kernel, spec, accel, self._free_ip, reporter)
         except DaemonUnavailable:
             raise  # bangerd-root is gone: a cold boot needs it just as much, so say that, not this
         except BangerError as exc:
-            reporter.log(f"snapshot: no template ({exc.message}); booting cold")
+            reporter.note(f"snapshot: no template ({exc.message}); booting cold")
             log.warning("snapshot template build failed", exc_info=True)
             return None
 
@@ -223,7 +223,7 @@ class VMService:
         except DaemonUnavailable:
             raise
         except BangerError as exc:
-            reporter.log(f"snapshot: restoring the clone failed ({exc.message}); booting cold")
+            reporter.note(f"snapshot: restoring the clone failed ({exc.message}); booting cold")
             log.warning("clone restore failed", extra={"vm": vm.name}, exc_info=True)
             await remove_disks(vm, self.network.priv, keep_dir=True)
             return None
@@ -280,15 +280,15 @@ class VMService:
         """Delete every VM that is not running."""
         victims = [v for v in self.store.list_vms() if v.state != "running" and not v.creating]
         results = await self.fan_out([v.id for v in victims], self.delete)
-        return [VM.model_validate(r["vm"]) for r in results if r["ok"]]
+        return [r.vm for r in results if r.vm is not None]
 
-    async def fan_out(self, refs: list[str], action: Callable[[str], Awaitable[VM]]) -> list[dict[str, Any]]:
+    async def fan_out(self, refs: list[str], action: Callable[[str], Awaitable[VM]]) -> list[api.VMOutcome]:
         """Run ``action`` on every ref concurrently; one result per ref, in order, failures included."""
-        async def one(ref: str) -> dict[str, Any]:
+        async def one(ref: str) -> api.VMOutcome:
             try:
-                return {"ref": ref, "ok": True, "vm": (await action(ref)).model_dump(mode="json")}
+                return api.VMOutcome(ref=ref, ok=True, vm=await action(ref))
             except Exception as exc:
-                return {"ref": ref, "ok": False, "error": to_rpc_error(exc)}
+                return api.VMOutcome(ref=ref, ok=False, error=api.ErrorInfo.model_validate(to_rpc_error(exc)))
 
         return list(await asyncio.gather(*(one(r) for r in refs)))
 
@@ -404,11 +404,11 @@ class VMService:
                 status, out, err = await self._guest_command(vm, ports.SS_COMMAND)
                 if status != 0:
                     raise GuestError(f"`{ports.SS_COMMAND}` failed in VM {vm.name!r}: {err.decode()[-200:]}")
-                found = [{**dataclasses.asdict(li), "endpoint": li.endpoint(vm.name)}
+                found = [api.Listener(**dataclasses.asdict(li), endpoint=li.endpoint(vm.name))
                          for li in ports.parse_ss(out.decode(errors="replace"))]
                 return api.VMPorts(ref=ref, listeners=found)
             except Exception as exc:
-                return api.VMPorts(ref=ref, ok=False, error=to_rpc_error(exc))
+                return api.VMPorts(ref=ref, ok=False, error=api.ErrorInfo.model_validate(to_rpc_error(exc)))
 
         return api.VMPortsResult(vms=list(await asyncio.gather(*(one(r) for r in refs))))
 
@@ -428,20 +428,19 @@ class VMService:
     def stats(self, ref: str) -> api.VMStats:
         vm = self.store.get_vm(ref)
         vm_dir = Path(vm.vm_dir)
-        stats: dict[str, Any] = {"state": vm.state, "disks": _disk_usage(vm_dir)}
         handles = self.lifecycle.running.get(vm.id)
-        if handles is not None:
-            stats.update(_process_stats(handles.vmm.pid))
-            stats["tap"] = handles.tap
-        return api.VMStats(ref=vm.name, stats=stats)
+        if handles is None:
+            return api.VMStats(ref=vm.name, state=vm.state, disks=_disk_usage(vm_dir))
+        return api.VMStats(ref=vm.name, state=vm.state, disks=_disk_usage(vm_dir), tap=handles.tap,
+                           **_process_stats(handles.vmm.pid))
 
 
-def _disk_usage(vm_dir: Path) -> dict[str, dict[str, int]]:
+def _disk_usage(vm_dir: Path) -> dict[str, api.DiskUsage]:
     out = {}
     for name in ("root.qcow2", "root.ext4", WORK_DISK, CLONE_WORK_DISK):
         with contextlib.suppress(OSError):
             st = (vm_dir / name).stat()
-            out[name] = {"size": st.st_size, "allocated": st.st_blocks * 512}
+            out[name] = api.DiskUsage(size=st.st_size, allocated=st.st_blocks * 512)
     return out
 
 

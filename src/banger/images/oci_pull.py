@@ -44,6 +44,9 @@ class _Offset:
     def log(self, message: str) -> None:
         self.reporter.log(message)
 
+    def note(self, message: str) -> None:
+        self.reporter.note(message)
+
 
 async def pull_oci(
     ref: str,

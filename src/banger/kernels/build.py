@@ -62,7 +62,7 @@ async def write_modules_dep(tree: Path, version: str, moddir: Path, reporter: Re
         return "depmod"
     text = await in_thread(lambda: modules.modules_dep(modules.scan_tree(moddir)))
     (moddir / "modules.dep").write_text(text)
-    reporter.log("warning: depmod not found on the host (apt-get install kmod); modules.ext4 has a text "
+    reporter.note("warning: depmod not found on the host (apt-get install kmod); modules.ext4 has a text "
                  "modules.dep only, which busybox modprobe reads but kmod's modprobe does not")
     return "banger"
 
