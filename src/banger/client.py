@@ -23,6 +23,7 @@ import stat
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,11 +54,12 @@ class Client:
 
     @classmethod
     def connect(cls, layout: Layout, *, autostart: bool = True, expect_version: str = __version__,
-                daemon_uid: int | None = None) -> Client:
+                daemon_uid: int | None = None, before_start: Callable[[], object] | None = None) -> Client:
         """A client for a daemon of ``expect_version``, starting or restarting bangerd as needed.
 
         ``daemon_uid``: the user the daemon runs as when it is not the caller (a system install's owner, for
-        root's CLI); its runtime directory and socket may then belong to that user too.
+        root's CLI); its runtime directory and socket may then belong to that user too. ``before_start``
+        runs just before a daemon is started (the CLI checks config.toml there).
         """
         client = cls._try_connect(layout, daemon_uid)
         if client is None:
@@ -67,15 +69,19 @@ class Client:
                                         if daemon_uid is None else
                                         "it is the system install's daemon: `systemctl start bangerd`, "
                                         "or see `banger system status`")
+            if before_start is not None:
+                before_start()
             return cls._start(layout)
         if not autostart:
             return client
-        running = client.ping()
-        if running.version == expect_version:
+        running = client.call_raw(api.DAEMON_PING)  # plain JSON: the handshake must not cost pydantic
+        if running.get("version") == expect_version:
             return client
+        if before_start is not None:
+            before_start()
         client.shutdown()
         client.close()
-        cls.wait_gone(layout, running.pid)
+        cls.wait_gone(layout, int(running["pid"]))
         return cls._start(layout)
 
     @classmethod

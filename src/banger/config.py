@@ -44,34 +44,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from banger.bounds import parse_duration, parse_size
 from banger.errors import ConfigError
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_size(value: str | int) -> int:
-    """Bytes in ``"8G"``, ``"512M"``, ``"1024"`` (bytes) or an int."""
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("size must not be negative")
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a size; use a number with K, M, G or T (e.g. 8G)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
-
-
-def parse_duration(value: str | int) -> int:
-    """Seconds in ``"90s"``, ``"30m"``, ``"8h"``, ``"2d"``, or an int."""
-    if isinstance(value, int):
-        return value
-    m = _DURATION_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 8h or 2d")
-    return int(m.group(1)) * _SECONDS[m.group(2)]
+__all__ = ["Config", "load", "parse_duration", "parse_size"]  # the parsers live in bounds (no pydantic there)
 
 
 class _Strict(BaseModel):

@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from banger.bounds import RuntimeChoice, WorkspaceMode
+
 VMState = Literal["created", "running", "stopped", "error"]
 Runtime = Literal["firecracker", "qemu"]
-RuntimeChoice = Literal["auto", "firecracker", "qemu"]
 OperationState = Literal["running", "succeeded", "failed", "cancelled"]
 
 
@@ -42,7 +43,7 @@ class Workspace(Record):
     host_path: str  # e.g. "/home/me/src/app"
     head_commit: str  # 40-hex commit the guest HEAD equals
     branch: str | None = None  # guest-only branch, if one was made
-    mode: Literal["shallow", "full_copy"] = "shallow"
+    mode: WorkspaceMode = "shallow"
     offline: bool = False  # built on the host as the VM's workspace disk (mounted at guest_path at each start)
     prepared_at: datetime = Field(default_factory=now)
 

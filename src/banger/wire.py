@@ -12,8 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from banger import bounds
+from banger.bounds import RuntimeChoice, WorkspaceMode
 from banger.kernels.catalog import CatalogEntry
-from banger.model import VM, Image, Kernel, OperationState, RuntimeChoice, Workspace, now
+from banger.model import VM, Image, Kernel, OperationState, Workspace, now
 
 
 class Params(BaseModel):
@@ -110,8 +112,8 @@ class VMCreate(Params):
     image: str | None = None  # default: config.default_image_name
     kernel: str | None = None  # default: the image's kernel_ref
     runtime: RuntimeChoice | None = None  # default: config.runtime
-    vcpu: int | None = Field(None, ge=1, le=64)
-    memory_mib: int | None = Field(None, ge=128, le=262144)
+    vcpu: int | None = Field(None, ge=bounds.VCPU[0], le=bounds.VCPU[1])  # e.g. 2
+    memory_mib: int | None = Field(None, ge=bounds.MEMORY_MIB[0], le=bounds.MEMORY_MIB[1])  # e.g. 2048
     disk_size: str | None = None  # e.g. "16G"
     nat: bool = False
     start: bool = True  # False = create stopped (`--no-start`)
@@ -189,8 +191,8 @@ class TemplatesPruned(Result):
 
 class VMSet(Params):
     ref: str
-    vcpu: int | None = Field(None, ge=1, le=64)
-    memory_mib: int | None = Field(None, ge=128, le=262144)
+    vcpu: int | None = Field(None, ge=bounds.VCPU[0], le=bounds.VCPU[1])
+    memory_mib: int | None = Field(None, ge=bounds.MEMORY_MIB[0], le=bounds.MEMORY_MIB[1])
     disk_size: str | None = None  # grow only, VM must be stopped
     nat: bool | None = None
 
@@ -278,7 +280,7 @@ class VMPortsResult(Result):
 class WorkspacePrepare(Params):
     ref: str | None = None  # VM name or id, e.g. "dev"; only a dry run may omit it (it checks the repo)
     path: str  # absolute host path in the repository, e.g. "/home/me/src/app"
-    mode: Literal["shallow", "full_copy"] = "shallow"  # shallow: HEAD's commit only; full_copy: all of .git
+    mode: WorkspaceMode = "shallow"  # shallow: HEAD's commit only; full_copy: all of .git
     include_untracked: bool = False  # also ship untracked files that are not ignored
     guest_path: str | None = None  # default "/root/repo"; must stay under /root
     branch: str | None = None  # guest-only branch to create and check out, e.g. "agent/try-1"

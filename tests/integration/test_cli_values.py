@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from banger import api
 from banger.cli.context import Context, pass_ctx
+from banger.cli.lazy import LazyGroup
 from banger.cli.main import BangerGroup, cli
 from banger.daemon.image_service import DEFAULT_SETTING
 from banger.model import VM
@@ -50,7 +51,8 @@ def walk(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple
     yield path, cmd
     if isinstance(cmd, click.Group):
         seen: set[int] = set()
-        for name, sub in sorted(cmd.commands.items()):
+        subs = cmd.all_commands(click.Context(cmd)) if isinstance(cmd, LazyGroup) else cmd.commands
+        for name, sub in sorted(subs.items()):
             if id(sub) not in seen:
                 seen.add(id(sub))
                 yield from walk(sub, (*path, name))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import click
 
-from banger import config, install, paths
+from banger import install, paths
 from banger.client import Client
+
+if TYPE_CHECKING:
+    from banger import config
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,17 +33,20 @@ class Context:
     @property
     def config(self) -> config.Config:
         if self._config is None:
+            from banger import config  # pydantic: only commands that read the config (or start bangerd)
+
             self._config = config.load(self.layout.config_file)
         return self._config
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self.config  # noqa: B018  (a bad config.toml fails here, with the key named, before any daemon)
             system = self.target.system
-            # A system install's daemon is systemd's to start; the CLI never starts a second one.
+            # A system install's daemon is systemd's to start; the CLI never starts a second one. A bad
+            # config.toml fails before any daemon starts, with the key named (a running one has read it).
             self._client = Client.connect(self.layout, autostart=system is None,
-                                          daemon_uid=system.owner_uid if system else None)
+                                          daemon_uid=system.owner_uid if system else None,
+                                          before_start=lambda: self.config)
         return self._client
 
     def close(self) -> None:

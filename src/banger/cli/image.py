@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,7 +12,9 @@ from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
 from banger.errors import ProtocolError
-from banger.wire import ImageExported, ImageInstalled, Operation
+
+if TYPE_CHECKING:
+    from banger.wire import Operation
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 existing_file = params.EXISTING_FILE
@@ -27,7 +30,7 @@ def local_path(source: str) -> str:
 
 
 def _installed(op: Operation) -> None:
-    if isinstance(op.result, ImageInstalled):
+    if isinstance(op.result, api.ImageInstalled):
         image = op.result.image
         render.echo(f"image {image.name} ready (kernel {image.kernel_ref or 'bundled'})", stderr=True)
     for line in op.notes:
@@ -44,10 +47,10 @@ def image() -> None:
 @pass_ctx
 def image_list(ctx: Context, as_json: bool) -> None:
     """List local images."""
-    images = ctx.client.image_list()
-    if as_json:
-        render.as_json(images)
+    if as_json:  # the daemon's JSON as it came (no pydantic)
+        render.as_json(ctx.client.call_raw(api.IMAGE_LIST)["images"])
         return
+    images = ctx.client.image_list()
     rows = [[i.name, i.distro, i.kernel_ref, i.source, render.size(i.rootfs_size), render.ago(i.created_at)]
             for i in images]
     render.table(["NAME", "DISTRO", "KERNEL", "SOURCE", "SIZE", "CREATED"], rows,
@@ -103,7 +106,7 @@ def image_pull(ctx: Context, source: str, name: str | None, sha256: str | None, 
 def image_export(ctx: Context, name: str, output: str, as_json: bool) -> None:
     """Write image NAME as a portable .tar.zst bundle."""
     op = run(ctx.client, lambda: ctx.client.image_export(name, os.path.abspath(output)))
-    if not isinstance(op.result, ImageExported):
+    if not isinstance(op.result, api.ImageExported):
         raise ProtocolError(f"image.export ended without saying where the bundle is: {op.result!r}")
     if as_json:
         render.as_json(op.result)

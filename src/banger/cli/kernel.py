@@ -6,10 +6,10 @@ import os
 
 import click
 
+from banger import api
 from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
 from banger.cli.progress import run
-from banger.wire import KernelInstalled
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 existing_file = params.EXISTING_FILE
@@ -26,10 +26,11 @@ def kernel() -> None:
 @pass_ctx
 def kernel_list(ctx: Context, available: bool, as_json: bool) -> None:
     """List local kernels."""
-    result = ctx.client.kernel_list(available)
-    if as_json:
-        render.as_json(result if available else result.kernels)
+    if as_json:  # the daemon's JSON as it came (no pydantic)
+        raw = ctx.client.call_raw(api.KERNEL_LIST, {"available": available})
+        render.as_json(raw if available else raw["kernels"])
         return
+    result = ctx.client.kernel_list(available)
     rows = [[k.name, k.version, k.source, "local", render.ago(k.created_at)] for k in result.kernels]
     local = {k.name for k in result.kernels}
     rows += [[e.name, e.kernel_version, "catalog", "available", ""] for e in result.available if e.name not in local]
@@ -60,7 +61,7 @@ def kernel_show(ctx: Context, name: str, as_json: bool) -> None:
 def kernel_pull(ctx: Context, name: str, force: bool) -> None:
     """Fetch (or build) catalog kernel NAME; Ctrl-C cancels and leaves nothing behind."""
     op = run(ctx.client, lambda: ctx.client.kernel_pull(name, force=force))
-    version = op.result.kernel.version if isinstance(op.result, KernelInstalled) else ""
+    version = op.result.kernel.version if isinstance(op.result, api.KernelInstalled) else ""
     render.echo(f"kernel {name} {version} installed".replace("  ", " "), stderr=True)
 
 

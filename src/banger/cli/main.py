@@ -1,4 +1,8 @@
-"""The root ``banger`` group and the one place errors become messages and exit codes."""
+"""The root ``banger`` group and the one place errors become messages and exit codes.
+
+Command modules are imported when their command runs (:class:`LazyGroup`): ``banger vm list --json``
+loads click, the vm module and the client, not rich, pydantic, asyncio or the other nouns.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,15 @@ import sys
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from banger import __version__
 from banger.cli import params, render
 from banger.cli.context import INVOKED, Context
+from banger.cli.lazy import LazyGroup
 from banger.errors import BangerError
 
 
-class BangerGroup(click.Group):
+class BangerGroup(LazyGroup):
     """Turns banger errors into one or two lines on stderr and the error's exit code; no tracebacks.
 
     Messages carry text from outside (paths, names, guest output): they are printed cleaned and never as
@@ -28,8 +32,10 @@ class BangerGroup(click.Group):
         except BangerError as exc:
             render.error(exc.message, exc.hint)
             sys.exit(exc.exit_code)
-        except ValidationError as exc:
-            usage = params.usage_error(exc, ctx.meta.get(INVOKED))
+        except ValueError as exc:  # pydantic's ValidationError is one; it is only imported when a model is built
+            if type(exc).__name__ != "ValidationError":
+                raise
+            usage = params.usage_error(exc, ctx.meta.get(INVOKED))  # type: ignore[arg-type]
             if usage is None:
                 raise
             raise usage from None
@@ -38,7 +44,20 @@ class BangerGroup(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=BangerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+COMMANDS = {
+    "vm": "banger.cli.vm:vm",
+    "ps": "banger.cli.vm:ps",
+    "image": "banger.cli.image:image",
+    "kernel": "banger.cli.kernel:kernel",
+    "daemon": "banger.cli.daemon:daemon",
+    "doctor": "banger.cli.doctor:doctor",
+    "ssh-config": "banger.cli.ssh_config:ssh_config",
+    "system": "banger.cli.system:system",
+    "completion": "banger.cli.completion:completion",
+}
+
+
+@click.group(cls=BangerGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="banger")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -60,34 +79,7 @@ def version(as_json: bool) -> None:
         render.fields([("version", info["version"]), ("commit", info["commit"]), ("built", info["build_date"])])
 
 
-def _register() -> None:
-    from banger.cli import (  # noqa: F401  (templates, vm_run, workspace add to vm)
-        completion,
-        daemon,
-        doctor,
-        image,
-        kernel,
-        ssh_config,
-        system,
-        templates,
-        vm,
-        vm_run,
-        workspace,
-    )
-
-    cli.add_command(vm.vm)
-    cli.add_command(vm.ps)
-    cli.add_command(image.image)
-    cli.add_command(kernel.kernel)
-    cli.add_command(daemon.daemon)
-    cli.add_command(doctor.doctor)
-    cli.add_command(ssh_config.ssh_config)
-    cli.add_command(system.system)
-    cli.add_command(completion.completion)
-    cli.add_command(version)
-
-
-_register()
+cli.add_command(version)
 
 
 def main() -> None:

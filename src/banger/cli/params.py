@@ -1,27 +1,26 @@
 """Option types: a value the CLI can check is refused by click, as a usage error naming the flag and range.
 
-Bounds are read from the wire schema (``api.py``) where it has them, so the CLI and the daemon cannot drift
-apart; sizes use the daemon's own parser and minimum. A pydantic error that still comes from building a
-request is turned into the same kind of usage error by :func:`usage_error` (called once, in ``main``).
+Bounds come from ``banger.bounds``, which the wire's models read too, so the CLI and the daemon cannot drift
+apart; sizes use the daemon's own parser and minimum. Nothing here imports pydantic (simple commands start
+without it). A pydantic error that still comes from building a request is turned into the same kind of
+usage error by :func:`usage_error` (called once, in ``main``).
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, cast, get_args
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
-import annotated_types
 import click
-from pydantic import BaseModel, ValidationError
 
-from banger import api
-from banger.config import parse_size
+from banger import api, bounds
+from banger.bounds import MAX_DISK, MIN_DISK, parse_size
 from banger.errors import InvalidArgument
-from banger.model import RuntimeChoice
 from banger.names import validate_name
 
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 MAX_TEXT = 4096  # PATH_MAX: no path, git ref or name a flag takes is longer
-MIN_DISK = 256 << 20  # the daemon refuses smaller work disks (vm_create.build_spec)
-MAX_DISK = 8 << 40  # a raw file on the host's ext4 (16T - 4K at most there) that os.truncate can make
 
 
 def brief(text: str, limit: int = 160) -> str:
@@ -128,24 +127,11 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def field_range(model: type[BaseModel], field: str) -> Range:
-    """The bounds ``model.field`` has in the wire schema, as a click type."""
-    meta = model.model_fields[field].metadata
-    low = next(m.ge for m in meta if isinstance(m, annotated_types.Ge))
-    high = next(m.le for m in meta if isinstance(m, annotated_types.Le))
-    return Range(cast(int, low), cast(int, high))
-
-
-def field_choice(model: type[BaseModel], field: str) -> Choice:
-    """The words a ``Literal`` field of the wire schema allows, as a click type."""
-    return Choice(get_args(model.model_fields[field].annotation))
-
-
-VCPU = field_range(api.VMCreate, "vcpu")
-MEMORY_MIB = field_range(api.VMCreate, "memory_mib")
+VCPU = Range(*bounds.VCPU)
+MEMORY_MIB = Range(*bounds.MEMORY_MIB)
 DISK_SIZE = Size(MIN_DISK, MAX_DISK)
-RUNTIME = Choice(get_args(RuntimeChoice))
-WORKSPACE_MODE = field_choice(api.WorkspacePrepare, "mode")
+RUNTIME = Choice(get_args(bounds.RuntimeChoice))
+WORKSPACE_MODE = Choice(get_args(bounds.WorkspaceMode))
 LOG_LINES = Range(0, 1_000_000)
 TEXT = Text()
 VM_NAME, IMAGE_NAME, KERNEL_NAME = Name("vm"), Name("image"), Name("kernel")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from banger.cli import render
 from banger.client import Client
 from banger.errors import Cancelled, from_rpc_error
-from banger.wire import Operation
+
+if TYPE_CHECKING:
+    from banger.wire import Operation
 
 POLL = 0.25
 _SIGINT = {signal.SIGINT}

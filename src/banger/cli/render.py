@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
@@ -102,7 +100,7 @@ err: Any = _Lazy(stderr=True)
 def as_json(value: Any) -> None:
     """Print ``value`` (models, lists of models, dicts) as indented JSON on stdout."""
     def dump(v: Any) -> Any:
-        if isinstance(v, BaseModel):
+        if hasattr(v, "model_dump"):  # a wire model (duck-typed: plain JSON never needs pydantic imported)
             return v.model_dump(mode="json")
         if isinstance(v, list):
             return [dump(x) for x in v]

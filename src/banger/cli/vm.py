@@ -9,6 +9,7 @@ import click
 from banger import api
 from banger.cli import completion, params, render
 from banger.cli.context import Context, pass_ctx
+from banger.cli.lazy import LazyGroup
 from banger.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -29,7 +30,11 @@ def vm_rows(vms: list[VM]) -> list[list[object]]:
 VM_COLUMNS = ["NAME", "STATE", "RUNTIME", "IP", "VCPU", "MEM", "DISK", "IMAGE", "CREATED"]
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={
+    "run": "banger.cli.vm_run:vm_run", "ssh": "banger.cli.vm_run:vm_ssh", "exec": "banger.cli.vm_run:vm_exec",
+    "ports": "banger.cli.vm_run:vm_ports", "workspace": "banger.cli.workspace:workspace",
+    "templates": "banger.cli.templates:templates",
+})
 def vm() -> None:
     """Create, run and manage sandbox VMs."""
 
@@ -39,11 +44,10 @@ def vm() -> None:
 @pass_ctx
 def vm_list(ctx: Context, as_json: bool) -> None:
     """List VMs."""
-    vms = ctx.client.vm_list()
-    if as_json:
-        render.as_json(vms)
+    if as_json:  # the daemon's JSON as it came: no models to build, so no pydantic to import
+        render.as_json(ctx.client.call_raw(api.VM_LIST)["vms"])
     else:
-        render.table(VM_COLUMNS, vm_rows(vms), empty="no VMs yet; `banger vm run` makes one")
+        render.table(VM_COLUMNS, vm_rows(ctx.client.vm_list()), empty="no VMs yet; `banger vm run` makes one")
 
 
 @click.command("ps")
@@ -60,10 +64,10 @@ def ps(click_ctx: click.Context, as_json: bool) -> None:
 @pass_ctx
 def vm_show(ctx: Context, ref: str, as_json: bool) -> None:
     """Show one VM."""
-    v = ctx.client.vm_show(ref)
-    if as_json:
-        render.as_json(v)
+    if as_json:  # the daemon's JSON as it came (no pydantic)
+        render.as_json(ctx.client.call_raw(api.VM_SHOW, {"ref": ref}))
         return
+    v = ctx.client.vm_show(ref)
     render.fields([
         ("name", v.name), ("id", v.id), ("state", v.state + (f" ({v.reason})" if v.reason else "")),
         ("runtime", v.runtime or f"{v.spec.runtime} (not started)"), ("ip", v.ip), ("mac", v.mac),
@@ -179,8 +183,8 @@ def vm_prune(ctx: Context, force: bool) -> None:
 
 @vm.command("set")
 @click.argument("ref", shell_complete=completion.vms)
-@click.option("--vcpu", type=params.field_range(api.VMSet, "vcpu"), help="Virtual CPUs (applies at next start).")
-@click.option("--memory", "memory_mib", type=params.field_range(api.VMSet, "memory_mib"),
+@click.option("--vcpu", type=params.VCPU, help="Virtual CPUs (applies at next start).")
+@click.option("--memory", "memory_mib", type=params.MEMORY_MIB,
               help="Memory in MiB (applies at next start).")
 @click.option("--disk-size", type=params.DISK_SIZE, help="Grow the work disk (VM must be stopped).")
 @click.option("--nat/--no-nat", default=None, help="Outbound NAT (applies at once when running).")

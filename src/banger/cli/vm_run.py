@@ -11,11 +11,10 @@ from pathlib import Path
 import click
 
 from banger import api
-from banger.api import VMConnectInfo
+from banger.bounds import parse_size
 from banger.cli import completion, render, workspace
 from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import _create_options, create_vm, json_option, vm
-from banger.config import parse_size
 from banger.errors import GuestError, InvalidArgument
 from banger.script import fill
 
@@ -35,7 +34,7 @@ def guest_command() -> tuple[str, ...]:
     return tuple(click.get_current_context().meta.get("guest_command", ()))
 
 
-def ssh_into(info: VMConnectInfo, command: Sequence[str] | None, *, workdir: str | None = None) -> int:
+def ssh_into(info: api.VMConnectInfo, command: Sequence[str] | None, *, workdir: str | None = None) -> int:
     """Run the system ssh into the VM (interactive without ``command``); its exit status."""
     from banger.guest import ssh  # imports asyncssh: only commands that ssh pay for it
 
@@ -131,7 +130,7 @@ def _prepare_workspace(ctx: Context, name: str, path: str, remove: bool) -> None
         raise
 
 
-def _shell_in(info: VMConnectInfo) -> int:
+def _shell_in(info: api.VMConnectInfo) -> int:
     """An interactive login shell in the VM's workspace directory."""
     from banger.guest import ssh
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger import api, ipam
-from banger.config import parse_size
+from banger.bounds import MIN_DISK, parse_size
 from banger.daemon.vm_handles import (
     CLONE_WORK_DISK,
     DISKS,
@@ -46,7 +46,7 @@ def build_spec(req: api.VMCreate, defaults: VMSpec, image: str, runtime: str) ->
         disk = parse_size(req.disk_size) if req.disk_size else defaults.disk_size
     except ValueError as exc:
         raise InvalidArgument(f"--disk-size: {exc}") from exc
-    if disk < 256 << 20:
+    if disk < MIN_DISK:
         raise InvalidArgument(f"--disk-size {req.disk_size} is too small", hint="use at least 256M")
     return defaults.model_copy(update={
         "vcpu": req.vcpu or defaults.vcpu,
