@@ -3,6 +3,7 @@
 Map of the package (a request reads top to bottom):
 
 - ``cli``       click commands, one module per noun; parse, call the client, render.
+- ``sdk``       ``from banger import Client``: the Python SDK (create, run, exec, workspaces, images).
 - ``client``    one typed method per RPC; starts ``bangerd`` on first use.
 - ``api``       the wire: every RPC declared once (method name, params model, result model); pydantic-free,
                 so the CLI's simple commands start without it. ``wire``: those models (results are models
@@ -32,4 +33,20 @@ Map of the package (a request reads top to bottom):
 - ``testing``   helpers the test suite uses (daemon runner, network namespaces, leak and program checks).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from banger.sdk import Client as Client
+
+
+def __getattr__(name: str) -> Any:
+    """``from banger import Client`` (the SDK), imported on first use so the CLI never pays for it."""
+    if name == "Client":
+        from banger.sdk import Client
+
+        return Client
+    raise AttributeError(f"module 'banger' has no attribute {name!r}")

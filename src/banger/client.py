@@ -15,6 +15,7 @@ PermissionDenied, and not a byte of a request is sent.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -23,7 +24,7 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -285,6 +286,17 @@ class Client:
 
     def vm_workspace_export_read(self, export_id: str, offset: int) -> api.ExportChunk:
         return self.call(api.WORKSPACE_EXPORT_READ, {"id": export_id, "offset": offset})
+
+    def export_chunks(self, result: api.WorkspaceExportResult) -> Iterator[bytes]:
+        """The patch of an export: inline, or read from the daemon in chunks when it is big."""
+        if result.export_id is None:
+            yield base64.b64decode(result.patch_b64 or "")
+            return
+        offset, eof = 0, False
+        while not eof:
+            chunk = self.vm_workspace_export_read(result.export_id, offset)
+            offset, eof = chunk.offset, chunk.eof
+            yield base64.b64decode(chunk.data_b64)
 
     # --- images and kernels -------------------------------------------------------------------------
 

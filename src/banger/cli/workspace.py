@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import click
 
@@ -24,8 +22,9 @@ def workspace() -> None:
 
 def prepare_request(ref: str | None, path: str, **opts: object) -> api.WorkspacePrepare:
     """The prepare params for ``path`` resolved on this host (shared with `vm run PATH`)."""
-    return api.WorkspacePrepare(ref=ref, path=str(Path(path).expanduser().resolve()),
-                                **{k: v for k, v in opts.items() if v is not None})  # type: ignore[arg-type]
+    from banger.sdk import prepare_request
+
+    return prepare_request(ref, path, **opts)
 
 
 def print_prepared(result: api.WorkspacePrepareResult) -> None:
@@ -103,7 +102,7 @@ def write_patch(client: Client, result: api.WorkspaceExportResult, output: str |
         raise InvalidArgument(f"cannot write the patch to {output}: {exc.strerror}",
                               hint="pick another -o path, or leave -o out for stdout") from exc
     try:
-        for chunk in _chunks(client, result):
+        for chunk in client.export_chunks(result):
             sink.write(chunk)
         sink.flush()
     finally:
@@ -111,16 +110,5 @@ def write_patch(client: Client, result: api.WorkspaceExportResult, output: str |
             sink.close()
 
 
-def _chunks(client: Client, result: api.WorkspaceExportResult) -> Iterator[bytes]:
-    if result.export_id is None:
-        yield base64.b64decode(result.patch_b64 or "")
-        return
-    offset, eof = 0, False
-    while not eof:
-        chunk = client.vm_workspace_export_read(result.export_id, offset)
-        offset, eof = chunk.offset, chunk.eof
-        yield base64.b64decode(chunk.data_b64)
-
-
 def _patch_b64(client: Client, result: api.WorkspaceExportResult) -> str:
-    return base64.b64encode(b"".join(_chunks(client, result))).decode()
+    return base64.b64encode(b"".join(client.export_chunks(result))).decode()

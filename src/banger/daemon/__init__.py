@@ -7,7 +7,7 @@ Modules:
                   ``--check-migrations`` exits 0/1/2 (current / would migrate / newer than this version).
 - ``app``         the composition root ``Daemon.open(config, layout)``: builds store, services, server;
                   ``dispatch`` validates params against the METHODS table.
-- ``methods``     the whole RPC surface in one table: name -> (params model, handler).
+- ``methods``     the whole RPC surface in one table: each ``banger.api`` declaration -> its handler.
 - ``server``      Unix-socket JSON-RPC server: SO_PEERCRED owner check, framing, per-request tasks,
                   cancellation of in-flight requests when the client disconnects; bounded (connections,
                   in-flight requests per connection, unfinished frames time out).
