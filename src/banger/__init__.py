@@ -4,6 +4,8 @@ Map of the package (a request reads top to bottom):
 
 - ``cli``       click commands, one module per noun; parse, call the client, render.
 - ``sdk``       ``from banger import Client``: the Python SDK (create, run, exec, workspaces, images).
+- ``mcpserver`` ``banger mcp``: the SDK's operations as MCP tools on stdio, for coding agents.
+- ``bounds``    the ranges, word lists and size parser the wire and the CLI's options share (no pydantic).
 - ``client``    one typed method per RPC; starts ``bangerd`` on first use.
 - ``api``       the wire: every RPC declared once (method name, params model, result model); pydantic-free,
                 so the CLI's simple commands start without it. ``wire``: those models (results are models

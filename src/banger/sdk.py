@@ -8,7 +8,7 @@
         vm = bg.create(name="try-1").vm                     # a fresh VM (a clone when a template exists)
         bg.workspace_prepare(vm.name, "./app")              # the repo at /root/repo, HEAD = the host's
         result = bg.exec(vm.name, "make test")              # in /root/repo; exit_code, stdout, stderr
-        patch = bg.workspace_export(vm.name)                # every change in the guest, for `git apply`
+        patch = bg.workspace_export(vm.name).patch          # every change in the guest, for `git apply`
         bg.delete(vm.name)
 
 Every method is one or a few daemon calls (``banger.client``, through the declarations in ``banger.api``);
@@ -70,6 +70,15 @@ class RunResult(ExecResult):
     vm: str = ""  # the VM's name, e.g. "brave-otter"
     kept: bool = False
     workspace: WorkspacePrepareResult | None = None  # what was prepared, when a path was given
+
+
+@dataclass
+class Export:
+    """A workspace's changes: the patch, the paths it touches and the commit it is against."""
+
+    patch: bytes  # for `git apply` (binary changes in git's binary format)
+    changed_paths: list[str]  # e.g. ["README.md", "new file.bin"]
+    base_commit: str  # 40 hex
 
 
 def prepare_request(ref: str | None, path: str | Path, **opts: Any) -> WorkspacePrepare:
@@ -306,11 +315,11 @@ class Client:
         dry_run, no_bootstrap."""
         return self.conn.vm_workspace_prepare(prepare_request(ref, path, **opts))
 
-    def workspace_export(self, ref: str, base_commit: str | None = None) -> bytes:
+    def workspace_export(self, ref: str, base_commit: str | None = None) -> Export:
         """Every change in VM ``ref``'s workspace since ``base_commit`` (default: the prepared HEAD) as one
-        patch for ``git apply`` (empty when nothing changed)."""
+        patch for ``git apply`` (``.patch`` is empty when nothing changed)."""
         result = self.conn.vm_workspace_export(WorkspaceExport(ref=ref, base_commit=base_commit))
-        return b"".join(self.conn.export_chunks(result))
+        return Export(b"".join(self.conn.export_chunks(result)), result.changed_paths, result.base_commit)
 
     # --- images and kernels -------------------------------------------------------------------------
 

@@ -64,7 +64,9 @@ def test_sdk_round_trip(vm_home: Home, tmp_path: Path) -> None:
         assert bg.exec("sdk", "pwd", workdir="/tmp").stdout == b"/tmp\n"
 
         bg.exec("sdk", "echo 'changed in the guest' >> hello.txt && printf 'new\\n' > added.txt")
-        patch = bg.workspace_export("sdk")
+        exported = bg.workspace_export("sdk")
+        assert sorted(exported.changed_paths) == ["added.txt", "hello.txt"] and exported.base_commit == head
+        patch = exported.patch
         clone = tmp_path / "clone"
         subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
         git(clone, "apply", input=patch)

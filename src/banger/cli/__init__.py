@@ -14,6 +14,8 @@
 - ``ssh_config``  ``banger ssh-config [--install|--uninstall]``.
 - ``system``    ``banger system install|status|restart|uninstall`` (see banger.sysinstall).
 - ``completion``  ``banger completion bash|zsh|fish`` and live VM/image/kernel names for it.
+- ``mcp``       ``banger mcp``: the MCP server on stdio (banger.mcpserver).
+- ``lazy``      groups whose subcommands are imported when they run (simple commands stay fast).
 """
 
 from banger.cli.main import main

@@ -54,6 +54,7 @@ COMMANDS = {
     "ssh-config": "banger.cli.ssh_config:ssh_config",
     "system": "banger.cli.system:system",
     "completion": "banger.cli.completion:completion",
+    "mcp": "banger.cli.mcp:mcp",
 }
 
 

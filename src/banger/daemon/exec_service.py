@@ -27,13 +27,14 @@ from banger.daemon.locks import KeyedLock
 from banger.daemon.vm_handles import Handles
 from banger.errors import NO_AGENT, Conflict, GuestError, NotFound, to_rpc_error
 from banger.guest.agent import AgentLink, AgentProcess, AgentResult
-from banger.host.vmm import VMM
+from banger.host.vmm import VMM, Handle
 
 log = logging.getLogger("banger.daemon.exec")
 
 MAX_SESSIONS = 64  # per VM
 MAX_UNREAD = 16 << 20  # output a command may have waiting for its reader before it is killed
 IDLE_KILL = 60.0  # seconds without a read before a command is given up
+AGENT_GRACE = 60.0  # seconds after launch the first contact with a boot's agent may wait for it to start
 # The guest runs the command with bash when it has it (as sshd would: root's shell), else sh.
 SHELL = ('if [ -x /bin/bash ]; then exec /bin/bash -c "$1"; fi; exec /bin/sh -c "$1"',)
 
@@ -71,6 +72,7 @@ class ExecService:
         self.driver = driver
         self.links: dict[str, tuple[float, AgentLink]] = {}  # vm id -> (boot's started_at, link)
         self.no_agent: set[tuple[str, float]] = set()  # (vm id, started_at) of boots without an agent
+        self.seen: set[tuple[str, float]] = set()  # (vm id, started_at) of boots whose agent has answered
         self.sessions: dict[str, Session] = {}
         self.link_lock = KeyedLock("agent-link")
         self._reaper: asyncio.Task[None] | None = None
@@ -98,19 +100,34 @@ class ExecService:
             if known is not None:
                 await known[1].close()
                 self.links.pop(vm_id, None)
-            socket, vsock = self.driver(handles.vmm.runtime).agent_socket(handles.vmm)
+            link = await self._first_contact(handles.vmm, vm_id, name)
+            self.links[vm_id] = (boot, link)
+            return link
+
+    async def _first_contact(self, handle: Handle, vm_id: str, name: str) -> AgentLink:
+        """A link to the boot's agent. Until it has answered once, a young boot (sshd can answer before
+        systemd has started the agent, and an emulated guest is slow) gets until AGENT_GRACE seconds after
+        launch; otherwise an agent that does not answer within a few seconds is taken to be absent for the
+        rest of the boot (the caller then uses SSH)."""
+        socket, vsock = self.driver(handle.runtime).agent_socket(handle)
+        key = (vm_id, handle.started_at)
+        grace = 0.0 if key in self.seen else handle.started_at + AGENT_GRACE - time.time()
+        deadline = time.monotonic() + max(3.0, grace)
+        while True:
             link: AgentLink | None = None
             try:
                 link = await AgentLink.open(socket, vsock=vsock, within=2.0)
-                await link.ping(within=3.0)
+                await link.ping(within=min(3.0, max(0.5, deadline - time.monotonic())))
+                self.seen.add(key)
+                return link
             except Exception as exc:
                 if link is not None:
                     await link.close()
-                self.no_agent.add((vm_id, boot))
-                raise GuestError(f"VM {name!r} has no guest agent answering ({exc})",
-                                 data={"reason": NO_AGENT}) from exc
-            self.links[vm_id] = (boot, link)
-            return link
+                if time.monotonic() >= deadline:
+                    self.no_agent.add(key)
+                    raise GuestError(f"VM {name!r} has no guest agent answering ({exc})",
+                                     data={"reason": NO_AGENT}) from exc
+                await asyncio.sleep(0.5)
 
     async def start(self, vm_id: str, name: str, req: api.ExecStart) -> api.ExecStarted:
         if sum(1 for s in self.sessions.values() if s.vm_id == vm_id) >= MAX_SESSIONS:
@@ -214,7 +231,9 @@ class ExecService:
                     self.sessions.pop(session.id, None)
 
     async def forget_vm(self, vm_id: str) -> None:
-        """Close a stopped VM's link (its commands end with it)."""
+        """Close a stopped VM's link (its commands end with it) and forget what its boots said."""
+        self.no_agent = {k for k in self.no_agent if k[0] != vm_id}
+        self.seen = {k for k in self.seen if k[0] != vm_id}
         known = self.links.pop(vm_id, None)
         if known is not None:
             await known[1].close()
