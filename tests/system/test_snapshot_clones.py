@@ -113,16 +113,18 @@ def test_clone_with_a_workspace_built_offline(vm_home: Home, tmp_path: Path) -> 
     head = git(repo, "rev-parse", "HEAD").strip()
     vm_home.cli("vm", "templates", "build", check=True, timeout=400)
 
-    proc = vm_home.cli("vm", "run", str(repo), "-d", "--name", "wsc", timeout=600)
+    proc = vm_home.cli("vm", "run", str(repo), "-d", "--name", "wsc", "--include-untracked", "--branch", "agent/disk",
+                       timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "built into a disk" in proc.stderr, proc.stderr
     shown = json.loads(vm_home.cli("vm", "show", "wsc", "--json", check=True).stdout)["workspace"]
     assert shown["offline"] and shown["head_commit"] == head and shown["guest_path"] == "/root/repo"
 
-    # HEAD is the host's, the index is valid as shipped: only the host's own edit shows, nothing re-hashed.
+    # HEAD is the host's, the index is valid as shipped: only the host's own edit (and the untracked file
+    # --include-untracked brought) shows, nothing re-hashed; HEAD is on the --branch.
     assert sh(vm_home, "wsc", "git rev-parse HEAD").strip() == head
-    assert sh(vm_home, "wsc", "git status --porcelain").strip() == "M src/main.c"
-    assert sh(vm_home, "wsc", "git symbolic-ref --short HEAD").strip() == "main"
+    assert sh(vm_home, "wsc", "git status --porcelain").strip() == "M src/main.c\n?? notes.txt"
+    assert sh(vm_home, "wsc", "git symbolic-ref --short HEAD").strip() == "agent/disk"
     assert sh(vm_home, "wsc", "git config user.name").strip() == "Repo Person"
     assert sh(vm_home, "wsc", "findmnt -n -o SOURCE,FSTYPE /root/repo").split()[1] == "ext4"
     assert vm_home.cli("vm", "exec", "wsc", "--", "cat src/main.c", check=True).stdout == \
@@ -136,4 +138,15 @@ def test_clone_with_a_workspace_built_offline(vm_home: Home, tmp_path: Path) -> 
     vm_home.cli("vm", "stop", "wsc", check=True, timeout=120)
     vm_home.cli("vm", "start", "wsc", check=True, timeout=300)
     assert sh(vm_home, "wsc", "git log -1 --format=%s").strip() == "guest commit"
+
+    # --auto-prepare unmounts the disk (kept as it is) and streams the host's repository onto the work disk,
+    # where it stays across a restart.
+    sh(vm_home, "wsc", "git reset -q --hard HEAD~1")  # back at the prepared commit: nothing would be lost
+    again = vm_home.cli("vm", "exec", "wsc", "--auto-prepare", "--",
+                        "findmnt -n /root/repo || echo unmounted; git rev-parse HEAD; cat src/main.c", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["unmounted", head, "int main(void) { return 0; }"], again.stdout
+    vm_home.cli("vm", "stop", "wsc", check=True, timeout=120)
+    vm_home.cli("vm", "start", "wsc", check=True, timeout=300)
+    assert sh(vm_home, "wsc", "findmnt -n /root/repo || git rev-parse HEAD").strip() == head
     vm_home.cli("vm", "delete", "wsc", check=True, timeout=120)

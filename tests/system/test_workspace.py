@@ -161,3 +161,59 @@ def test_workspace_round_trip_both_modes(vm_home: Home, tmp_path: Path) -> None:
     assert again.returncode == 5 and "not empty" in again.stderr, again.stderr
     outside = vm_home.cli("vm", "workspace", "prepare", "ws", str(repo), "--guest-path", "/etc/x")
     assert outside.returncode == 2 and "/root" in outside.stderr
+
+
+def test_vm_run_repository_flags_and_exec_in_the_workspace(vm_home: Home, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    (repo / ".mise.toml").write_text('[env]\nBANGER_TOOLS = "from mise"\n')  # seen only through `mise exec`
+    git(repo, "add", ".mise.toml")
+    git(repo, "commit", "-q", "-m", "mise config")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    commits = len(git(repo, "log", "--format=%s").splitlines())
+
+    # full_copy with the untracked file, no tool bootstrap (no NAT); the command runs with mise's env
+    ran = vm_home.cli("vm", "run", str(repo), "--name", "wf", "--mode", "full_copy", "--include-untracked",
+                      "--no-bootstrap", "--", "git rev-list --count HEAD; git status --porcelain; echo $BANGER_TOOLS",
+                      timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [str(commits), "?? notes.txt", "from mise"], ran.stdout
+    assert "tool bootstrap" not in ran.stderr and "mise install" not in ran.stderr, ran.stderr
+
+    # vm exec: in the workspace through mise, elsewhere with --guest-path; no warning while the host is at HEAD
+    inside = vm_home.cli("vm", "exec", "wf", "--", "pwd; echo $BANGER_TOOLS")
+    assert (inside.returncode, inside.stdout) == (0, "/root/repo\nfrom mise\n") and "warning" not in inside.stderr
+    elsewhere = vm_home.cli("vm", "exec", "wf", "--guest-path", "/tmp", "--", 'pwd; echo "${BANGER_TOOLS:-none}"')
+    assert (elsewhere.returncode, elsewhere.stdout) == (0, "/tmp\nnone\n"), elsewhere.stderr
+
+    # The host moves on: one warning line, the guest as it was.
+    (repo / "later.txt").write_text("committed on the host after the prepare\n")
+    git(repo, "add", "later.txt")
+    git(repo, "commit", "-q", "-m", "later")
+    later = git(repo, "rev-parse", "HEAD").strip()
+    behind = vm_home.cli("vm", "exec", "wf", "--", "git rev-parse HEAD")
+    assert (behind.returncode, behind.stdout.strip()) == (0, head), behind.stderr
+    warnings = [line for line in behind.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and head[:12] in warnings[0] and later[:12] in warnings[0], behind.stderr
+
+    # --auto-prepare: the host's repository again, in the recorded mode, then the command
+    again = vm_home.cli("vm", "exec", "wf", "--auto-prepare", "--",
+                        "git rev-parse HEAD; git rev-list --count HEAD; cat later.txt", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [later, str(commits + 1), "committed on the host after the prepare"]
+    assert "warning" not in again.stderr and "workspace /root/repo <- " in again.stderr, again.stderr
+    shown = json.loads(vm_home.cli("vm", "show", "wf", "--json", check=True).stdout)["workspace"]
+    assert (shown["head_commit"], shown["mode"]) == (later, "full_copy")
+
+    # A commit made in the guest stops it, and stays.
+    sh(vm_home, "wf", "git commit -q --allow-empty -m 'made in the guest'")
+    refused = vm_home.cli("vm", "exec", "wf", "--auto-prepare", "--", "true")
+    assert refused.returncode == 5 and "would lose the commits" in refused.stderr, refused.stderr
+    assert sh(vm_home, "wf", "git log -1 --format=%s").strip() == "made in the guest"
+
+    # --branch/--from through `vm run PATH -- CMD`: a guest-only branch at an older commit, its tree checked out
+    tried = vm_home.cli("vm", "run", str(repo), "--rm", "--branch", "agent/try", "--from", "HEAD~1", "--no-bootstrap",
+                        "--", "git symbolic-ref --short HEAD; git rev-parse HEAD; test -e later.txt || echo no-later",
+                        timeout=600)
+    assert tried.returncode == 0, tried.stderr
+    assert tried.stdout.splitlines() == ["agent/try", head, "no-later"], tried.stdout
+    assert [v["name"] for v in json.loads(vm_home.cli("vm", "list", "--json", check=True).stdout)] == ["wf"]

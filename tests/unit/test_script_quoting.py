@@ -252,3 +252,50 @@ def test_export_scripts_with_hostile_bases_and_paths(tmp_path: Path, marker: Pat
             assert bad.returncode == patch.BAD_BASE_STATUS, (v, bad.stderr)
             assert bad.stderr.decode() == f"banger: {v} is not a commit in the guest repository\n"
     assert not marker.exists()
+
+
+# --- `vm exec`: the command through mise, and a workspace emptied for --auto-prepare -----------------
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_tools_command_runs_hostile_commands_as_written_with_and_without_mise(tmp_path: Path, marker: Path,
+                                                                            shell: str) -> None:
+    # The fake mise logs [cwd, *argv] and MISE_EXEC_AUTO_INSTALL, then runs what follows `exec --`, as mise does.
+    record, installs = tmp_path / "mise.log", tmp_path / "installs.log"
+    fake_program(tmp_path / "bin", "mise", record,
+                 f"open({str(installs)!r}, 'a').write(os.environ.get('MISE_EXEC_AUTO_INSTALL', 'unset') + '\\n')\n"
+                 "os.execvp(sys.argv[3], sys.argv[3:])\n")
+    with_mise = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    for v in hostile(marker):
+        command = fill("printf '%s\\n' {}; exit 7", v)
+        for env in (with_mise, {"PATH": "/usr/bin:/bin"}):  # no mise on the second PATH
+            res = sh(shell, plan.tools_command(command, install=False), cwd=tmp_path, env=env)
+            assert (res.returncode, res.stdout.decode()) == (7, v + "\n"), (v, res.stderr)
+    calls = [json.loads(line) for line in _lines(record)]
+    assert len(calls) == len(hostile(marker)) and {tuple(c[1:3]) for c in calls} == {("exec", "--")}
+    assert [c[5] for c in calls] == [fill("printf '%s\\n' {}; exit 7", v) for v in hostile(marker)]
+    assert sh(shell, plan.tools_command("exit 0", install=True), cwd=tmp_path, env=with_mise).returncode == 0
+    assert _lines(installs) == ["false"] * len(calls) + ["unset"], "mise installs tools only when asked to"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_resync_script_empties_a_workspace_only_at_its_prepared_commit(tmp_path: Path, marker: Path,
+                                                                       shell: str) -> None:
+    for i, v in enumerate(hostile(marker)):
+        repo = tmp_path / f"s{i}" / v
+        head = make_repo(repo)
+        (repo / ".hidden").write_text("dot file\n")
+        (repo / "-rf dir").mkdir()
+        res = sh(shell, plan.resync_script(str(repo), head, unmount=i % 2 == 0), cwd=tmp_path)
+        assert res.returncode == 0, (v, res.stderr)
+        assert repo.is_dir() and list(repo.iterdir()) == [], v
+
+        moved = tmp_path / f"m{i}" / v
+        prepared = make_repo(moved)
+        git(moved, "commit", "-q", "--allow-empty", "-m", "made in the guest")
+        res = sh(shell, plan.resync_script(str(moved), prepared, unmount=False), cwd=tmp_path)
+        assert res.returncode == plan.MOVED_STATUS and (moved / "a.txt").exists(), (v, res.stderr)
+    gone = sh(shell, plan.resync_script(str(tmp_path / "never made"), "a" * 40, unmount=True), cwd=tmp_path)
+    assert gone.returncode == 0
+    assert not marker.exists()

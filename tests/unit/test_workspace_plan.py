@@ -68,3 +68,26 @@ def test_parse_names() -> None:
     out = b"c" * 40 + b"\0a b.txt\0na\xc3\xafve.txt\0"
     assert patch.parse_names(out) == ("c" * 40, ["a b.txt", "naïve.txt"])
     assert patch.parse_names(b"d" * 40 + b"\0") == ("d" * 40, [])
+
+
+@pytest.mark.parametrize("name", plan.MISE_FILES)
+def test_a_mise_config_needs_nat_or_no_bootstrap(name: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        plan.check_bootstrap_network("/src/app", {name, "README.md"}, nat=False, no_bootstrap=False)
+    assert name in refused.value.message and "/src/app" in refused.value.message
+    assert "--nat" in (refused.value.hint or "") and "--no-bootstrap" in (refused.value.hint or "")
+    plan.check_bootstrap_network("/src/app", {name}, nat=True, no_bootstrap=False)
+    plan.check_bootstrap_network("/src/app", {name}, nat=False, no_bootstrap=True)
+    plan.check_bootstrap_network("/src/app", {"README.md", "docs"}, nat=False, no_bootstrap=False)
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("/tmp", "/tmp"), ("sub/dir", "/root/sub/dir"), ("/root/repo/../x/", "/root/x"), ("..", "/"),
+])
+def test_exec_dir_is_absolute(given: str, expected: str) -> None:
+    assert plan.exec_dir(given) == expected
+
+
+def test_exec_dir_refuses_control_characters() -> None:
+    with pytest.raises(InvalidArgument, match="control characters"):
+        plan.exec_dir("/root/a\nb")

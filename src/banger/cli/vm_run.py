@@ -7,16 +7,21 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from banger import api
 from banger.bounds import parse_size
-from banger.cli import completion, render, workspace
+from banger.cli import completion, params, render, workspace
 from banger.cli.context import Context, pass_ctx
 from banger.cli.vm import _create_options, create_vm, json_option, vm
-from banger.errors import GuestError, InvalidArgument
-from banger.script import fill
+from banger.errors import Conflict, GuestError, InvalidArgument
+from banger.script import fill, shell_command
+from banger.workspace import plan
+
+if TYPE_CHECKING:
+    from banger.model import VM
 
 
 class DashDash(click.Command):
@@ -47,16 +52,25 @@ def ssh_into(info: api.VMConnectInfo, command: Sequence[str] | None, *, workdir:
     return subprocess.run(argv).returncode
 
 
-def run_command(ctx: Context, ref: str, command: Sequence[str]) -> int:
-    """Run ``command`` in the VM's workspace directory: through the guest agent, else over SSH."""
+def run_command(ctx: Context, ref: str, shell: str, *, workdir: str | None = None) -> int:
+    """Run the shell string ``shell`` in ``workdir`` (default: the VM's workspace directory, else /root):
+    through the guest agent, else over SSH."""
     from banger.cli.guest_exec import run_in_guest
 
     info = ctx.client.vm_connect(ref, wait_ssh=False)
-    rc = run_in_guest(ctx.client, info.name, command, info.workdir)
+    workdir = workdir or info.workdir
+    rc = run_in_guest(ctx.client, info.name, [shell], workdir)
     if rc is None:
         info = ctx.client.vm_connect(ref)  # now wait for sshd
-        rc = ssh_into(info, command, workdir=info.workdir)
+        rc = ssh_into(info, [shell], workdir=workdir)
     return rc
+
+
+def run_with_tools(ctx: Context, v: VM, command: Sequence[str], *, workdir: str | None = None) -> int:
+    """The CLI's ``-- CMD`` in VM ``v``, through ``mise exec`` when the guest has mise (the repo's tools on
+    PATH; missing ones installed only when the VM has NAT)."""
+    return run_command(ctx, v.name, plan.tools_command(shell_command(list(command)), install=v.spec.nat),
+                       workdir=workdir)
 
 
 def _spec_line(ctx: Context, opts: dict[str, object]) -> str:
@@ -70,6 +84,7 @@ def _spec_line(ctx: Context, opts: dict[str, object]) -> str:
 @vm.command("run", cls=DashDash)
 @click.argument("path", required=False)
 @_create_options
+@workspace.repo_options
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM when the session or command ends.")
 @click.option("-d", "--detach", is_flag=True, help="Create and start the VM, then return.")
 @pass_ctx
@@ -81,14 +96,18 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
     banger vm run -- uname -r           # run a command, exit with its status
     banger vm run --rm -- make test     # ... and delete the VM afterwards
     banger vm run ./repo -- make test   # repo copied to /root/repo, command run there
+    banger vm run ./repo --dry-run      # what would be copied; no VM is made
     """
     command = guest_command()
+    repo = {name: opts.pop(name) for name in workspace.REPO_OPTIONS}
+    _check_run_options(path, repo, detach=detach, remove=remove, command=command)
     ws_req = None
     if path is not None:  # a repo in a state prepare refuses fails here, before any VM exists
-        ctx.client.vm_workspace_prepare(workspace.prepare_request(None, path, dry_run=True))
-        ws_req = workspace.prepare_request(None, path)
-    if detach and (remove or command):
-        raise InvalidArgument("-d/--detach runs the VM in the background: it takes neither --rm nor a command")
+        dry = _dry_run(ctx, path, repo, nat=bool(opts.get("nat")))
+        if repo["dry_run"]:
+            workspace.print_dry_run(dry)
+            return
+        ws_req = workspace.prepare_request(None, path, **repo)
     render.echo(_spec_line(ctx, opts), stderr=True)
     try:
         v, built = create_vm(ctx, opts, workspace=ws_req)
@@ -99,7 +118,7 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
     if built is not None:  # a clone: the daemon built the repo into it as a disk
         workspace.print_prepared(built)
     elif path is not None:
-        _prepare_workspace(ctx, v.name, path, remove)
+        _prepare_workspace(ctx, v.name, path, repo, remove)
     if detach:
         render.echo(v.name)
         render.echo(f"VM {v.name} is running at {v.ip}: `banger vm ssh {v.name}`", stderr=True)
@@ -107,7 +126,7 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
     rc = 255
     try:
         if command:
-            rc = run_command(ctx, v.name, command)
+            rc = run_with_tools(ctx, v, command)
         else:
             info = ctx.client.vm_connect(v.name)
             rc = ssh_into(info, None, workdir=info.workdir) if not info.workdir else _shell_in(info)
@@ -120,10 +139,31 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
     sys.exit(rc)
 
 
-def _prepare_workspace(ctx: Context, name: str, path: str, remove: bool) -> None:
+def _check_run_options(path: str | None, repo: dict[str, object], *, detach: bool, remove: bool,
+                       command: tuple[str, ...]) -> None:
+    """Usage errors of `vm run`, before anything is asked of the daemon."""
+    given = [name for name in workspace.REPO_OPTIONS if repo[name]]
+    if path is None and given:
+        flag = next(p.opts[0] for p in click.get_current_context().command.params if p.name == given[0])
+        raise click.UsageError(f"{flag} applies to a repository: banger vm run PATH {flag} ...")
+    workspace.check_repo_options(repo)
+    if detach and (remove or command):
+        raise InvalidArgument("-d/--detach runs the VM in the background: it takes neither --rm nor a command")
+
+
+def _dry_run(ctx: Context, path: str, repo: dict[str, object], *, nat: bool) -> api.WorkspacePrepareResult:
+    """Prepare's dry run of the repo at ``path`` (its refusals, and the files it would ship), then the
+    refusal of a tool bootstrap the VM could not download for."""
+    dry = ctx.client.vm_workspace_prepare(workspace.prepare_request(None, path, **(repo | {"dry_run": True})))
+    top = {f.path for f in dry.files if "/" not in f.path}
+    plan.check_bootstrap_network(dry.host_root or path, top, nat=nat, no_bootstrap=bool(repo["no_bootstrap"]))
+    return dry
+
+
+def _prepare_workspace(ctx: Context, name: str, path: str, repo: dict[str, object], remove: bool) -> None:
     """Ship the repo at ``path`` into the new VM; with --rm a failure deletes the VM again."""
     try:
-        workspace.print_prepared(ctx.client.vm_workspace_prepare(workspace.prepare_request(name, path)))
+        workspace.print_prepared(ctx.client.vm_workspace_prepare(workspace.prepare_request(name, path, **repo)))
     except BaseException:
         if remove:
             _delete_uninterruptibly(ctx, name)
@@ -161,13 +201,56 @@ def vm_ssh(ctx: Context, ref: str) -> None:
 
 @vm.command("exec", cls=DashDash)
 @click.argument("ref", shell_complete=completion.vms)
+@click.option("--guest-path", type=params.TEXT,
+              help="Run in this guest directory (relative to /root) instead of the workspace's.")
+@click.option("--auto-prepare", is_flag=True,
+              help="First copy the workspace's host repository into the VM again, as it was prepared "
+                   "(the guest copy is replaced; refused when it has commits of its own).")
 @pass_ctx
-def vm_exec(ctx: Context, ref: str) -> None:
-    """Run the command after `--` in a VM (in its workspace directory, if any); exit with its status."""
+def vm_exec(ctx: Context, ref: str, guest_path: str | None, auto_prepare: bool) -> None:
+    """Run the command after `--` in a VM (in its workspace directory, if any; through `mise exec` when the
+    guest has mise); exit with its status. Warns when the host repository has moved on since the prepare."""
     command = guest_command()
     if not command:
         raise InvalidArgument("no command given", hint=f"banger vm exec {ref} -- CMD ...")
-    sys.exit(run_command(ctx, ref, command))
+    workdir = plan.exec_dir(guest_path) if guest_path else None
+    v = ctx.client.vm_show(ref)
+    if auto_prepare:
+        _prepare_again(ctx, v)
+    else:
+        _warn_if_behind(v)
+    sys.exit(run_with_tools(ctx, v, command, workdir=workdir))
+
+
+def _warn_if_behind(v: VM) -> None:
+    """One line on stderr when the host repository's HEAD is not the commit the workspace was prepared at."""
+    from banger.workspace.repo import head_of  # host git: only `vm exec` pays for it
+
+    ws = v.workspace
+    host = head_of(Path(ws.host_path)) if ws is not None else None
+    if ws is not None and host is not None and host != ws.head_commit:
+        render.echo(f"warning: {ws.guest_path} in VM {v.name} was prepared at {ws.head_commit[:12]}, "
+                    f"{ws.host_path} is now at {host[:12]} (--auto-prepare copies it again first)",
+                    stderr=True, keep="")
+
+
+def _prepare_again(ctx: Context, v: VM) -> None:
+    """`vm exec --auto-prepare`: the workspace's host repository into the VM again, as it was prepared."""
+    ws = v.workspace
+    if ws is None:
+        raise InvalidArgument(f"VM {v.name!r} has no workspace to prepare again",
+                              hint=f"`banger vm workspace prepare {v.name} PATH` first")
+    rc = run_command(ctx, v.name, plan.resync_script(ws.guest_path, ws.head_commit, unmount=ws.offline),
+                     workdir="/")
+    if rc == plan.MOVED_STATUS:
+        raise Conflict(f"{ws.guest_path} in VM {v.name!r} is no longer at the prepared commit "
+                       f"{ws.head_commit[:12]}: --auto-prepare would lose the commits made there",
+                       hint=f"keep them with `banger vm workspace export {v.name} -o FILE`, then "
+                            f"`git reset --hard {ws.head_commit[:12]}` in the guest")
+    if rc != 0:
+        raise GuestError(f"emptying {ws.guest_path} in VM {v.name!r} for a new prepare failed ({rc})")
+    workspace.print_prepared(ctx.client.vm_workspace_prepare(api.WorkspacePrepare(
+        ref=v.name, path=ws.host_path, guest_path=ws.guest_path, mode=ws.mode, branch=ws.branch)))
 
 
 @vm.command("ports")

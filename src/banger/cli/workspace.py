@@ -41,33 +41,53 @@ def print_prepared(result: api.WorkspacePrepareResult) -> None:
         render.echo(note, stderr=True)
 
 
+REPO_OPTIONS = ("mode", "include_untracked", "branch", "from_ref", "dry_run", "no_bootstrap")
+
+
+def repo_options(f):  # type: ignore[no-untyped-def]
+    """The options of a repository shipped into a VM, shared by `vm workspace prepare` and `vm run PATH`
+    (unset ones are None or False: `vm run` tells which were given)."""
+    for opt in reversed([
+        click.option("--mode", type=params.WORKSPACE_MODE,
+                     help="shallow (default): only HEAD's commit; full_copy: the whole .git (submodules allowed)."),
+        click.option("--include-untracked", is_flag=True, help="Also ship untracked files that are not ignored."),
+        click.option("--branch", type=params.TEXT, help="Create and check out this guest-only branch."),
+        click.option("--from", "from_ref", type=params.TEXT,
+                     help="Start --branch at this commit (its tree is checked out)."),
+        click.option("--dry-run", is_flag=True, help="List what would be shipped; no VM is touched or made."),
+        click.option("--no-bootstrap", is_flag=True, help="Do not start `mise install` in the guest."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def check_repo_options(opts: dict[str, object]) -> None:
+    """Usage errors the option types cannot catch alone."""
+    if opts.get("from_ref") and not opts.get("branch"):
+        raise click.UsageError("--from needs --branch NAME")
+
+
 @workspace.command("prepare")
 @click.argument("ref", shell_complete=completion.vms)
 @click.argument("path", type=click.Path(file_okay=True, dir_okay=True))
-@click.option("--mode", type=params.WORKSPACE_MODE, default="shallow", show_default=True,
-              help="shallow: only HEAD's commit; full_copy: the whole .git (submodules allowed).")
-@click.option("--include-untracked", is_flag=True, help="Also ship untracked files that are not ignored.")
+@repo_options
 @click.option("--guest-path", type=params.TEXT, help="Where in the VM (under /root; default /root/repo).")
-@click.option("--branch", type=params.TEXT, help="Create and check out this guest-only branch.")
-@click.option("--from", "from_ref", type=params.TEXT, help="Start --branch at this commit (its tree is checked out).")
-@click.option("--dry-run", is_flag=True, help="List what would be shipped; the VM is not touched.")
-@click.option("--no-bootstrap", is_flag=True, help="Do not start `mise install` in the guest.")
 @json_option
 @pass_ctx
 def prepare(ctx: Context, ref: str, path: str, as_json: bool, **opts: object) -> None:
     """Copy the git repository at PATH into VM REF, with HEAD equal to the host's HEAD."""
-    if opts.get("from_ref") and not opts.get("branch"):
-        raise click.UsageError("--from needs --branch NAME")
+    check_repo_options(opts)
     result = ctx.client.vm_workspace_prepare(prepare_request(ref, path, **opts))
     if as_json:
         render.as_json(result)
     elif result.dry_run:
-        _print_dry_run(result)
+        print_dry_run(result)
     else:
         print_prepared(result)
 
 
-def _print_dry_run(result: api.WorkspacePrepareResult) -> None:
+def print_dry_run(result: api.WorkspacePrepareResult) -> None:
+    """Every path that would be shipped on stdout, one a line; a summary on stderr."""
     for f in result.files:
         render.echo(f"{f.size:>12}  {f.path}", keep="")  # one line per file, whatever its name holds
     render.echo(f"{result.file_count} files, {render.size(result.file_bytes)} from {result.host_root} "

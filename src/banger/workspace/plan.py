@@ -1,4 +1,4 @@
-"""What a workspace prepare ships and the guest scripts that unpack it (pure: no I/O)."""
+"""What a workspace prepare ships and the guest scripts around it: unpack, resync, mise (pure: no I/O)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import re
 from dataclasses import dataclass
 
 from banger.errors import InvalidArgument
-from banger.script import Script
+from banger.script import Script, fill
 
 DEFAULT_GUEST_PATH = "/root/repo"
 GUEST_ROOT = "/root"
 BOOTSTRAP_LOG = "/root/.cache/banger/mise-bootstrap.log"
 MISE_FILES = (".mise.toml", "mise.toml", ".tool-versions")
 NOT_EMPTY_STATUS = 17  # the prepare script's exit status when the target directory holds files already
+MOVED_STATUS = 18  # the resync script's exit status when the guest HEAD is no longer the prepared commit
 COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 or SHA-256 object id
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -131,3 +132,41 @@ def bootstrap_script(guest: str) -> str:
 
 
 MISE_PROBE = "command -v mise >/dev/null 2>&1"
+_SHELL = '"${{BASH:-sh}}" -c "$banger_cmd"'  # the shell running this (bash, else sh) on the user's command
+
+
+def check_bootstrap_network(root: str, top_level: set[str], *, nat: bool, no_bootstrap: bool) -> None:
+    """InvalidArgument when the repository's mise config would start ``mise install`` in a VM without the
+    network (no NAT: the guest cannot download a tool), before any VM is made."""
+    found = [name for name in MISE_FILES if name in top_level]
+    if found and not nat and not no_bootstrap:
+        raise InvalidArgument(f"{root} has {' and '.join(found)}, but `mise install` in the guest needs the "
+                              "network and the VM would have none",
+                              hint="pass --nat so the guest can download the tools, or --no-bootstrap to skip them")
+
+
+def tools_command(command: str, *, install: bool) -> str:
+    """Guest shell: ``command`` (a shell string) run through ``mise exec`` when the guest has mise, so the
+    tools and env of the directory's mise config apply, else as it is. Missing tools are installed only when
+    ``install`` (the VM has the network: without it mise would fail before running anything)."""
+    mise = "mise exec -- " if install else "env MISE_EXEC_AUTO_INSTALL=false mise exec -- "
+    return fill("{{ banger_cmd={}; if " + MISE_PROBE + "; then exec " + mise + _SHELL + "; fi; exec " + _SHELL
+                + "; }}", command)
+
+
+def resync_script(guest: str, head: str, *, unmount: bool) -> str:
+    """Guest shell: make ``guest`` an empty directory for a fresh prepare, unless its HEAD moved off ``head``
+    (exit MOVED_STATUS: commits made in the guest would be lost). ``unmount``: the workspace is a disk built
+    on the host; it is unmounted (and kept as it is) rather than emptied."""
+    s = Script().line("[ -d {} ] || exit 0", _checked_dir(guest)).cmd("cd", guest)
+    s.line('[ "$(git rev-parse -q --verify HEAD || true)" = {} ] || exit {}', _checked_commit(head), MOVED_STATUS)
+    if unmount:
+        s.cmd("cd", "/").line("! mountpoint -q {0} || umount -l {0}", guest).cmd("cd", guest)
+    return s.raw("find . -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +").render()
+
+
+def exec_dir(text: str) -> str:
+    """The guest directory of `vm exec --guest-path`: absolute, or relative to /root."""
+    if CONTROL_RE.search(text):
+        raise InvalidArgument(f"--guest-path {text!r} must not hold control characters (newline, NUL, ...)")
+    return posixpath.normpath(posixpath.join(GUEST_ROOT, text))

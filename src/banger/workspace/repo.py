@@ -16,8 +16,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.errors import HostError, InvalidArgument
-from banger.host.run import run
+from banger.errors import BangerError, HostError, InvalidArgument
+from banger.host.run import run, run_sync
 
 GITLINK = "160000"
 
@@ -128,6 +128,18 @@ async def _identity(root: RepoInfo) -> dict[str, str]:
 async def _submodules(root: RepoInfo) -> tuple[str, ...]:
     staged = await git(root, "ls-files", "-z", "--stage")
     return tuple(rec.split("\t", 1)[1] for rec in staged.split("\0") if rec.startswith(GITLINK + " "))
+
+
+def head_of(path: Path) -> str | None:
+    """The commit HEAD of the repository at ``path`` points at, or None when there is none (blocking: for
+    the CLI, which runs as the repository's user and has no event loop)."""
+    try:
+        done = run_sync(git_argv(path, "rev-parse", "--verify", "-q", "HEAD^{commit}"), check=False, env=GIT_ENV,
+                        timeout=10)
+    except BangerError:  # no git on this host, or it hung
+        return None
+    head = done.out.strip()
+    return head if done.returncode == 0 and head else None
 
 
 async def resolve_commit(info: RepoInfo, ref: str) -> str:
