@@ -143,18 +143,20 @@ Image = Annotated[str | None, Field(description="The image to boot; default: ban
 Nat = Annotated[bool, Field(description="Give the VM outbound network access (needed to install packages or "
                                         "fetch dependencies); off by default.")]
 Keep = Annotated[bool, Field(description="Keep the VM after the command (default false: it is deleted).")]
+NoBootstrap = Annotated[bool, Field(description="Do not run `mise install` for a repository with a mise config "
+                                                "(.mise.toml, .tool-versions); without nat it cannot download.")]
 Workdir = Annotated[str | None, Field(description="Guest directory to run in; default: the VM's repository "
                                                    "(/root/repo) or /root.")]
 
 
 def vm_run(command: Command, path: RepoPath = None, name: NewName = None, image: Image = None, nat: Nat = False,
-           keep: Keep = False, ctx: Context | None = None) -> RunOutput:
+           keep: Keep = False, no_bootstrap: NoBootstrap = False, ctx: Context | None = None) -> RunOutput:
     """Run one command in a fresh VM and return its exit code, stdout and stderr. With `path`, the repository is
     copied to /root/repo first and the command runs there. The VM is deleted afterwards unless keep=true (then
     use vm_exec and vm_delete with the returned name). nat=true gives the VM outbound network access."""
     with _banger(ctx) as (bg, progress):
         done = bg.run(command, path=path, name=name, image=image, nat=nat, keep=keep, max_output=OUTPUT_CAP,
-                      progress=progress)
+                      progress=progress, no_bootstrap=no_bootstrap)
         return RunOutput(**_command_output(done.vm, done), kept=done.kept)
 
 
@@ -168,12 +170,12 @@ def vm_exec(name: VMName, command: Command, workdir: Workdir = None, ctx: Contex
 def vm_create(name: NewName = None, path: RepoPath = None, image: Image = None, nat: Nat = False,
               vcpu: Annotated[int | None, Field(ge=bounds.VCPU[0], le=bounds.VCPU[1])] = None,
               memory_mib: Annotated[int | None, Field(ge=bounds.MEMORY_MIB[0], le=bounds.MEMORY_MIB[1])] = None,
-              ctx: Context | None = None) -> VMSummary:
+              no_bootstrap: NoBootstrap = False, ctx: Context | None = None) -> VMSummary:
     """Create and start a VM that stays until vm_delete; with `path`, the repository is in /root/repo. Returns
     its name for vm_exec, workspace_export and vm_delete."""
     with _banger(ctx) as (bg, progress):
         created = bg.create(name=name, workspace=path, image=image, nat=nat, vcpu=vcpu, memory_mib=memory_mib,
-                            progress=progress)
+                            progress=progress, no_bootstrap=no_bootstrap)
         return VMSummary.of(bg.show(created.vm.name))
 
 

@@ -77,8 +77,13 @@ class Image(Record):
     source: str = ""  # build | bundle | oci | register
     dir: str  # <state>/images/<name>
     rootfs_size: int = 0
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    manifest: dict[str, Any] = Field(default_factory=dict)  # manifest.json as on disk (images.manifest reads it)
     created_at: datetime = Field(default_factory=now)
+
+    @property
+    def rootfs_sha256(self) -> str:
+        """The sha256 the manifest records for rootfs.ext4 ("" for an image registered without one)."""
+        return str(self.manifest.get("rootfs_sha256") or "")
 
 
 class Kernel(Record):
@@ -88,5 +93,10 @@ class Kernel(Record):
     version: str = ""  # e.g. "6.1.0-41-amd64"
     dir: str  # <state>/kernels/<name>
     source: str = ""  # catalog | import
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    manifest: dict[str, Any] = Field(default_factory=dict)  # manifest.json as on disk (kernels.manifest reads it)
     created_at: datetime = Field(default_factory=now)
+
+    @property
+    def files(self) -> list[str]:
+        """The files the manifest lists (vmlinux, initrd.img, modules.ext4, ...), sorted."""
+        return sorted(self.manifest.get("files") or {})

@@ -46,6 +46,7 @@ from banger.wire import (
     WorkspacePrepare,
     WorkspacePrepareResult,
 )
+from banger.workspace import plan
 
 Progress = Callable[[Operation], None]
 Output = Callable[[str, bytes], None]  # ("stdout" | "stderr", bytes) as the guest writes them
@@ -173,7 +174,9 @@ class Client:
             raise InvalidArgument("a workspace goes into a running VM", hint="leave start=True, or prepare later")
         ws = prepare_request(None, workspace, **workspace_opts) if workspace is not None else None
         if ws is not None:  # a repo prepare would refuse fails here, before any VM exists
-            self.conn.vm_workspace_prepare(ws.model_copy(update={"dry_run": True}))
+            dry = self.conn.vm_workspace_prepare(ws.model_copy(update={"dry_run": True}))
+            plan.check_bootstrap_network(dry.host_root or ws.path, {f.path for f in dry.files if "/" not in f.path},
+                                         nat=nat, no_bootstrap=ws.no_bootstrap)
         req = VMCreate(name=name, image=image, kernel=kernel, vcpu=vcpu, memory_mib=memory_mib,
                        disk_size=disk_size, nat=nat, cold=cold, start=start, workspace=ws)
         created = self._created(self.wait(self.conn.vm_create(req), progress))
@@ -202,12 +205,15 @@ class Client:
 
     def exec(self, ref: str, command: str | Sequence[str], *, workdir: str | None = None,
              env: dict[str, str] | None = None, stdin: bytes | None = None, output: Output | None = None,
-             max_output: int = DEFAULT_OUTPUT_CAP) -> ExecResult:
+             max_output: int = DEFAULT_OUTPUT_CAP, tools: bool = True) -> ExecResult:
         """Run ``command`` (a shell string, or argv) in VM ``ref``, in ``workdir`` or its workspace directory;
-        ``output`` sees the streams as they come."""
+        ``output`` sees the streams as they come. With ``tools`` (like ``banger vm exec``) it runs through
+        ``mise exec`` when the guest has mise, so the repository's tool versions apply."""
         shell = command if isinstance(command, str) else script.shell_command(list(command))
         if not shell.strip():
             raise InvalidArgument("no command given", hint="pass a shell command line, e.g. 'make test'")
+        if tools:
+            shell = plan.tools_command(shell, install=self.conn.vm_show(ref).spec.nat)
         capture = _Capture(max_output, output)
         info = self.conn.vm_connect(ref, wait_ssh=False)
         where = workdir or info.workdir
@@ -343,7 +349,7 @@ class Client:
     def kernel_pull(self, name: str, *, force: bool = False, progress: Progress | None = None) -> Kernel:
         result = self.wait(self.conn.kernel_pull(name, force=force), progress)
         if not isinstance(result, api.KernelInstalled):
-            raise _unexpected("kernel.pull", result)
+            raise _unexpected(api.KERNEL_PULL.name, result)
         return result.kernel
 
     @staticmethod
@@ -355,7 +361,7 @@ class Client:
     @staticmethod
     def _created(result: OperationResult) -> VMCreated:
         if not isinstance(result, VMCreated):
-            raise _unexpected("vm.create", result)
+            raise _unexpected(api.VM_CREATE.name, result)
         return result
 
 

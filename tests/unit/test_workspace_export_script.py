@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from banger.client import Client
 from banger.workspace import patch
 
 
@@ -87,6 +88,8 @@ def test_big_patches_are_read_over_the_socket_and_the_daemons_copy_goes(tmp_path
     service._exports[chunked.export_id] = big
 
     class InProcess:  # the CLI's client, calling the daemon's handler without the socket in between
+        export_chunks = Client.export_chunks  # the real chunk loop, over the method below
+
         def vm_workspace_export_read(self, export_id: str, offset: int):  # type: ignore[no-untyped-def]
             return asyncio.run(service.read_export(export_id, offset))
 

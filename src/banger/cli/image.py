@@ -69,7 +69,7 @@ def image_show(ctx: Context, name: str, as_json: bool) -> None:
         return
     render.fields([("name", i.name), ("distro", i.distro), ("arch", i.arch), ("kernel", i.kernel_ref),
                    ("source", i.source), ("size", render.size(i.rootfs_size)), ("dir", i.dir),
-                   ("rootfs sha256", i.manifest.get("rootfs_sha256", "")),
+                   ("rootfs sha256", i.rootfs_sha256),
                    ("created", i.created_at.isoformat(timespec="seconds"))])
 
 

@@ -48,9 +48,8 @@ def kernel_show(ctx: Context, name: str, as_json: bool) -> None:
     if as_json:
         render.as_json(k)
         return
-    files = k.manifest.get("files") or {}
     render.fields([("name", k.name), ("version", k.version), ("source", k.source), ("dir", k.dir),
-                   ("files", ", ".join(sorted(files))),
+                   ("files", ", ".join(k.files)),
                    ("created", k.created_at.isoformat(timespec="seconds"))])
 
 
