@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from banger import __version__, api
 from banger import rpc as rpc_frame
-from banger.errors import DaemonUnavailable, PermissionDenied, ProtocolError, from_rpc_error
+from banger.errors import DaemonUnavailable, InvalidArgument, PermissionDenied, ProtocolError, from_rpc_error
 from banger.paths import Layout
 
 if TYPE_CHECKING:
@@ -75,7 +75,11 @@ class Client:
             return cls._start(layout)
         if not autostart:
             return client
-        running = client.call_raw(api.DAEMON_PING)  # plain JSON: the handshake must not cost pydantic
+        try:
+            running = client.call_raw(api.DAEMON_PING)  # plain JSON: the handshake must not cost pydantic
+        except BaseException:
+            client.close()
+            raise
         if running.get("version") == expect_version:
             return client
         if before_start is not None:
@@ -112,11 +116,16 @@ class Client:
         layout.ensure()
         pid = spawn_detached([sys.executable, "-m", "banger.daemon"], log_path=layout.daemon_stdio_log)
         deadline = time.monotonic() + START_TIMEOUT
+        exited_at = None
         while time.monotonic() < deadline:
             client = cls._try_connect(layout)
             if client is not None:
                 return client
-            if not _pid_alive(pid):
+            # The one we started may have lost a race with another just started (two CLIs at once): it
+            # exits, and the winner's socket appears; look a little longer before giving up.
+            if exited_at is None and not _pid_alive(pid):
+                exited_at = time.monotonic()
+            if exited_at is not None and time.monotonic() - exited_at > 2.0:
                 break
             time.sleep(0.02)
         raise DaemonUnavailable(
@@ -158,10 +167,17 @@ class Client:
         """Call ``rpc`` and decode its result into the declared model; errors are raised as banger's.
 
         ``params`` (the params model, or a dict of its fields) is checked against the declaration before
-        anything is sent: a bad value is pydantic's ValidationError here, not a round trip.
+        anything is sent: a bad value is InvalidArgument naming the field, not a round trip.
         """
         if not hasattr(params, "model_dump"):
-            params = rpc.params.model_validate(params or {})  # type: ignore[attr-defined]
+            from pydantic import ValidationError
+
+            try:
+                params = rpc.params.model_validate(params or {})  # type: ignore[attr-defined]
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                field = ".".join(str(p) for p in first["loc"]) or "params"
+                raise InvalidArgument(f"{rpc.name}: {field}: {first['msg']}") from None
         return rpc.result.model_validate(self.call_raw(rpc, params))  # type: ignore[attr-defined,no-any-return]
 
     def call_raw(self, rpc: api.Rpc[Any, Any], params: Any = None) -> Any:

@@ -11,6 +11,8 @@ traceback goes to stderr: stdout carries only the protocol).
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -20,8 +22,8 @@ from typing import Annotated, Any
 import anyio.from_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
 
 from banger import __version__, bounds
 from banger.errors import BangerError
@@ -103,6 +105,7 @@ class Patch(BaseModel):
     changed_paths: list[str]  # every path the patch touches
     patch: str  # apply on the host with `git apply` (binary changes are in git's binary format); "" when none
     patch_bytes: int
+    patch_base64: str | None = None  # the patch when it is not UTF-8 text (then `patch` is ""): decode, apply
 
 
 def _text(data: bytes) -> str:
@@ -124,16 +127,20 @@ def _banger(ctx: Context | None) -> Iterator[tuple[Client, Callable[[Operation],
         nonlocal step
         if ctx is not None and len(op.stages) > step:
             step = len(op.stages)
-            anyio.from_thread.run(ctx.report_progress, step, None, op.stage)
+            with contextlib.suppress(Exception):  # a client gone mid-call must not abandon the operation
+                anyio.from_thread.run(ctx.report_progress, step, None, op.stage)
 
     try:
         with Client.connect() as bg:
             yield bg, progress
     except BangerError as exc:
         raise ToolError(f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message) from exc
+    except ValidationError as exc:  # a value the wire refuses that the tool's own schema let through
+        raise ToolError(str(exc).splitlines()[0] + ": " + "; ".join(e["msg"] for e in exc.errors())) from exc
 
 
-Command = Annotated[str, Field(description="A shell command line run by bash in the guest, e.g. 'make test'.")]
+Command = Annotated[str, Field(min_length=1, description="A shell command line run by bash in the guest, "
+                                                        "e.g. 'make test'.")]
 RepoPath = Annotated[str | None, Field(description="Absolute path of a git repository on this host; its tracked "
                                                     "files and HEAD are put in /root/repo and the command runs there.")]
 VMName = Annotated[str, Field(description="The VM's name, as vm_create or vm_list return it.")]
@@ -225,8 +232,12 @@ def workspace_export(name: VMName) -> Patch:
     as one patch; apply it on the host with `git apply`."""
     with _banger(None) as (bg, _):
         exported = bg.workspace_export(name)
-        return Patch(vm=name, changed_paths=exported.changed_paths, patch=_text(exported.patch),
-                     patch_bytes=len(exported.patch))
+        try:
+            text, raw = exported.patch.decode("utf-8"), None
+        except UnicodeDecodeError:  # a text file in another encoding: a lossy decode would not apply
+            text, raw = "", base64.b64encode(exported.patch).decode()
+        return Patch(vm=name, changed_paths=exported.changed_paths, patch=text, patch_bytes=len(exported.patch),
+                     patch_base64=raw)
 
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)

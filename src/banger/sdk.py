@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from banger import api, install, script
 from banger import client as connection
+from banger.bounds import RuntimeChoice, WorkspaceMode
 from banger.errors import NO_AGENT, BangerError, GuestError, InvalidArgument, ProtocolError, from_rpc_error
 from banger.model import VM, Image, Kernel
 from banger.wire import (
@@ -84,8 +89,27 @@ class Export:
 
 def prepare_request(ref: str | None, path: str | Path, **opts: Any) -> WorkspacePrepare:
     """The prepare params for ``path`` resolved on this host (``None`` options are left to the daemon)."""
-    return WorkspacePrepare(ref=ref, path=str(Path(path).expanduser().resolve()),
-                            **{k: v for k, v in opts.items() if v is not None})
+    with _invalid("workspace prepare"):
+        return WorkspacePrepare(ref=ref, path=str(Path(path).expanduser().resolve()),
+                                **{k: v for k, v in opts.items() if v is not None})
+
+
+@contextlib.contextmanager
+def _invalid(what: str) -> Iterator[None]:
+    """A value the wire's models refuse, as banger's InvalidArgument naming the field (not pydantic's error)."""
+    try:
+        yield
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "arguments"
+        raise InvalidArgument(f"{what}: {field}: {first['msg']}") from None
+
+
+def _shell(command: str | Sequence[str]) -> str:
+    shell = command if isinstance(command, str) else script.shell_command(list(command))
+    if not shell.strip():
+        raise InvalidArgument("no command given", hint="pass a shell command line, e.g. 'make test'")
+    return shell
 
 
 class _Capture:
@@ -149,10 +173,17 @@ class Client:
             yield op
 
     def wait(self, op: Operation, progress: Progress | None = None) -> OperationResult:
-        """Follow ``op`` to its end; its result, or its error raised."""
-        for op in self.follow(op):  # noqa: B020  (the last snapshot is the one that counts)
-            if progress is not None:
-                progress(op)
+        """Follow ``op`` to its end; its result, or its error raised. If following it fails (Ctrl-C, a lost
+        connection, ``progress`` raising), the operation is cancelled, so nothing it made is left behind."""
+        started = op
+        try:
+            for op in self.follow(started):  # noqa: B007  (the last snapshot is the one that counts)
+                if progress is not None:
+                    progress(op)
+        except BaseException:
+            with contextlib.suppress(BangerError, OSError), self.conn.another() as fresh:
+                fresh.operation_cancel(started.id)  # a fresh connection: this one may hold half a reply
+            raise
         if op.state != "succeeded" or op.result is None:
             raise from_rpc_error(op.error or {"message": f"{op.kind} {op.target} {op.state}"})
         return op.result
@@ -164,21 +195,26 @@ class Client:
     # --- VMs ----------------------------------------------------------------------------------------
 
     def create(self, *, name: str | None = None, image: str | None = None, kernel: str | None = None,
-               vcpu: int | None = None, memory_mib: int | None = None, disk_size: str | None = None,
-               nat: bool = False, cold: bool = False, start: bool = True, workspace: str | Path | None = None,
-               progress: Progress | None = None, **workspace_opts: Any) -> VMCreated:
-        """A new VM, running unless ``start=False``. With ``workspace`` (a path in a git repository) the repo
-        is in the guest too when this returns: built into a clone as a disk, else prepared over SSH
-        (``workspace_opts``: the ``workspace_prepare`` options)."""
+               runtime: RuntimeChoice | None = None, vcpu: int | None = None, memory_mib: int | None = None,
+               disk_size: str | None = None, nat: bool = False, cold: bool = False, start: bool = True,
+               workspace: str | Path | None = None, mode: WorkspaceMode | None = None,
+               include_untracked: bool = False, branch: str | None = None, from_ref: str | None = None,
+               no_bootstrap: bool = False, progress: Progress | None = None) -> VMCreated:
+        """A new VM, running unless ``start=False`` (the options of ``banger vm create``). With ``workspace``
+        (a path in a git repository) the repo is in the guest too when this returns, built into a clone as
+        a disk or else prepared over SSH, with ``mode``, ``include_untracked``, ``branch``, ``from_ref`` and
+        ``no_bootstrap`` as ``workspace_prepare`` takes them; the VM is deleted again if that fails."""
         if workspace is not None and not start:
             raise InvalidArgument("a workspace goes into a running VM", hint="leave start=True, or prepare later")
-        ws = prepare_request(None, workspace, **workspace_opts) if workspace is not None else None
+        ws = prepare_request(None, workspace, mode=mode, include_untracked=include_untracked, branch=branch,
+                             from_ref=from_ref, no_bootstrap=no_bootstrap) if workspace is not None else None
         if ws is not None:  # a repo prepare would refuse fails here, before any VM exists
             dry = self.conn.vm_workspace_prepare(ws.model_copy(update={"dry_run": True}))
             plan.check_bootstrap_network(dry.host_root or ws.path, {f.path for f in dry.files if "/" not in f.path},
                                          nat=nat, no_bootstrap=ws.no_bootstrap)
-        req = VMCreate(name=name, image=image, kernel=kernel, vcpu=vcpu, memory_mib=memory_mib,
-                       disk_size=disk_size, nat=nat, cold=cold, start=start, workspace=ws)
+        with _invalid("create"):
+            req = VMCreate(name=name, image=image, kernel=kernel, runtime=runtime, vcpu=vcpu, memory_mib=memory_mib,
+                           disk_size=disk_size, nat=nat, cold=cold, start=start, workspace=ws)
         created = self._created(self.wait(self.conn.vm_create(req), progress))
         if ws is not None and created.workspace is None:
             try:
@@ -193,14 +229,20 @@ class Client:
             env: dict[str, str] | None = None, stdin: bytes | None = None, output: Output | None = None,
             max_output: int = DEFAULT_OUTPUT_CAP, progress: Progress | None = None, **create_opts: Any) -> RunResult:
         """``banger vm run [PATH] -- COMMAND``: a fresh VM, the repo at ``path`` in /root/repo (when given),
-        ``command`` run there; the VM is deleted afterwards unless ``keep``."""
+        ``command`` run there; the VM is deleted afterwards unless ``keep``. ``create_opts``: the keyword
+        options of :meth:`create`."""
+        _shell(command)  # an empty command is refused before a VM exists
         created = self.create(workspace=path, progress=progress, **create_opts)
         name = created.vm.name
         try:
             done = self.exec(name, command, env=env, stdin=stdin, output=output, max_output=max_output)
-        finally:
+        except BaseException:
             if not keep:
-                self.delete(name)
+                with contextlib.suppress(BangerError, OSError):  # the command's error is the one to see
+                    self.delete(name)
+            raise
+        if not keep:
+            self.delete(name)
         return RunResult(**vars(done), vm=name, kept=keep, workspace=created.workspace)
 
     def exec(self, ref: str, command: str | Sequence[str], *, workdir: str | None = None,
@@ -209,28 +251,47 @@ class Client:
         """Run ``command`` (a shell string, or argv) in VM ``ref``, in ``workdir`` or its workspace directory;
         ``output`` sees the streams as they come. With ``tools`` (like ``banger vm exec``) it runs through
         ``mise exec`` when the guest has mise, so the repository's tool versions apply."""
-        shell = command if isinstance(command, str) else script.shell_command(list(command))
-        if not shell.strip():
-            raise InvalidArgument("no command given", hint="pass a shell command line, e.g. 'make test'")
+        shell = _shell(command)
         if tools:
             shell = plan.tools_command(shell, install=self.conn.vm_show(ref).spec.nat)
         capture = _Capture(max_output, output)
         info = self.conn.vm_connect(ref, wait_ssh=False)
-        where = workdir or info.workdir
+        where = plan.exec_dir(workdir) if workdir else info.workdir  # relative: under /root, like --guest-path
+        with _invalid("exec"):
+            req = ExecStart(ref=info.name, command=shell, workdir=where, env=env or {})
         try:
-            exec_id = self.conn.vm_exec_start(ExecStart(ref=info.name, command=shell, workdir=where, env=env or {}))
+            exec_id = self.conn.vm_exec_start(req)
         except GuestError as exc:
             if exc.data.get("reason") != NO_AGENT:
                 raise
             return self._exec_over_ssh(ref, shell, where, env or {}, stdin, capture)
-        self._feed(exec_id, stdin)
-        return capture.result(self._drain(exec_id, capture))
+        feeder = self._feed(exec_id, stdin)
+        try:
+            return capture.result(self._drain(exec_id, capture))
+        finally:
+            if feeder is not None:
+                feeder.join(timeout=0.1)  # a daemon thread: it ends with the command
 
-    def _feed(self, exec_id: str, stdin: bytes | None) -> None:
-        data = stdin or b""
-        for at in range(0, len(data), 1 << 20):
-            self.conn.vm_exec_write(exec_id, base64.b64encode(data[at:at + (1 << 20)]).decode())
-        self.conn.vm_exec_write(exec_id, eof=True)
+    def _feed(self, exec_id: str, stdin: bytes | None) -> threading.Thread | None:
+        """Close the command's stdin, after feeding ``stdin`` from a thread on a second connection while
+        this one reads the output (written first, a big input could stall against unread output)."""
+        if not stdin:
+            self.conn.vm_exec_write(exec_id, eof=True)
+            return None
+        side = self.conn.another()
+
+        def feed() -> None:
+            try:
+                with side:
+                    for at in range(0, len(stdin), 1 << 20):
+                        side.vm_exec_write(exec_id, base64.b64encode(stdin[at:at + (1 << 20)]).decode())
+                    side.vm_exec_write(exec_id, eof=True)
+            except (BangerError, OSError):
+                pass  # the command ended (or the daemon went): its input no longer matters
+
+        thread = threading.Thread(target=feed, name="banger-stdin", daemon=True)
+        thread.start()
+        return thread
 
     def _drain(self, exec_id: str, sink: Output) -> int:
         offset = 0

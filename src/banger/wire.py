@@ -1,8 +1,9 @@
 """The wire's models: the params and result of every RPC that ``banger.api`` declares.
 
-Fields are snake_case; each carries a comment with an example value. Only the daemon (which validates),
-the client's typed calls and the SDK import this module: it pulls in pydantic, which the CLI's simple
-commands never load (they pass the daemon's JSON through).
+Fields are snake_case; each carries a comment with an example value. The daemon (which validates), the
+client's typed calls, the SDK, ``banger mcp`` and the CLI commands that render results import this
+module; it pulls in pydantic, which the CLI's simple commands never load (``--json`` listings pass the
+daemon's JSON through).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.errors import GuestError
+from banger.errors import GuestError, InvalidArgument
 from banger.workspace import export_host, patch, repo
 
 
@@ -88,6 +88,19 @@ def test_host_patch_equals_the_guest_patch(tmp_path: Path) -> None:
                  "hard-link.txt"):
         assert (applied / name).read_bytes() == (guest / name).read_bytes()
     assert not (applied / "gone.txt").exists() and os.readlink(applied / "link") == "same.txt"
+
+    # Staged ahead (as the daemon does while the guest sends), over the right base or a stale one: same bytes.
+    async def ahead(commit: str, n: int) -> bytes:
+        staged = await export_host.stage_base(info, commit, tmp_path / f"ahead-{n}")
+        again = tmp_path / f"again-{n}.patch"
+        assert (await export_host.make_patch(info, io.BytesIO(out), tmp_path / f"s-{n}", again, staged))[0] == base
+        return again.read_bytes()
+
+    assert asyncio.run(ahead(base, 1)) == want
+    other = run(host, "git", "commit-tree", f"{base}^{{tree}}", "-m", "another commit").decode().strip()
+    assert asyncio.run(ahead(other, 2)) == want  # staged over another commit: redone over the guest's base
+    with pytest.raises(InvalidArgument, match="no longer has the base"):
+        asyncio.run(export_host.stage_base(info, "1" * 40, tmp_path / "ahead-3"))
     assert os.access(applied / "tool.sh", os.X_OK)
     assert run(host, "git", "status", "--porcelain") == b"", "the host repository is not touched"
 

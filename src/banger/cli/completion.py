@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import click
 from click.shell_completion import CompletionItem
 
+from banger import api
+
 if TYPE_CHECKING:
     from banger.client import Client
 
@@ -37,9 +39,10 @@ def _names(fetch: Callable[[Client], list[str]]) -> Callable[[click.Context, cli
     return complete
 
 
-vms = _names(lambda c: [v.name for v in c.vm_list()])
-images = _names(lambda c: [i.name for i in c.image_list()])
-kernels = _names(lambda c: [k.name for k in c.kernel_list().kernels])
+# The daemon's JSON as it comes (no models: a TAB must not pay for pydantic).
+vms = _names(lambda c: [str(v["name"]) for v in c.call_raw(api.VM_LIST)["vms"]])
+images = _names(lambda c: [str(i["name"]) for i in c.call_raw(api.IMAGE_LIST)["images"]])
+kernels = _names(lambda c: [str(k["name"]) for k in c.call_raw(api.KERNEL_LIST, {})["kernels"]])
 
 
 @click.command()

@@ -25,10 +25,11 @@ Modules:
 - ``templates``   TemplateService: ``<state>/templates``: snapshot templates (one cold boot + QEMU save per
                   VM shape), found or built for a create, listed and pruned; owns the template lock.
 - ``exec_service``  ExecService: ``vm.exec.*``: commands run through each running VM's guest agent (one
-                  multiplexed AgentLink per VM), output long-polled by the CLI; owns the agent-link lock.
+                  multiplexed AgentLink per VM), output long-polled by the CLI; owns the agent-link lock
+                  (held while a young boot's agent is waited for, up to AGENT_GRACE after launch).
 - ``vm_lifecycle``  Lifecycle: the VM's host key (made and pinned at create), the per-start config disk,
-                  TAP + TAP filter + NAT, VMM launch, SSH readiness, a clone's restore and re-homing
-                  (``guest.rehome``), stop, release.
+                  TAP + TAP filter + NAT, VMM launch (noting whether the image carries banger-agent),
+                  SSH readiness, a clone's restore and re-homing (``guest.rehome``), stop, release.
 - ``vm_handles``  ``handles.json`` (running VM's pid, sockets, TAP, NAT) and ``disks.json`` per VM dir.
 - ``reconcile``   at start: re-adopt live VMMs, undo interrupted creates, mark dead VMs, sweep TAPs;
                   while running: the dead-VMM watcher and the stale reaper.

@@ -6,9 +6,12 @@ starts a command (``vm.exec.start``), long-polls its output (``vm.exec.read``: r
 is any, or the exit status), feeds its stdin (``vm.exec.write``, acknowledged by the guest, so a fast
 writer waits for a slow reader) and signals it (``vm.exec.signal``). Output is kept until read, bounded
 per command; a command nobody reads for ``IDLE_KILL`` seconds is killed, so a vanished CLI leaves
-nothing running. A VM whose image has no agent is remembered for that boot and the CLI uses SSH.
+nothing running. A VM whose image has no agent is remembered for that boot and the CLI uses SSH; the
+first contact with a young boot of an image that has one waits for it (up to ``AGENT_GRACE`` seconds
+after launch), since sshd can answer before systemd has started the agent.
 
-Locks: ``link_lock`` (one per VM id), a leaf lock held only while a link is opened.
+Locks: ``link_lock`` (one per VM id), a leaf lock held while a link is opened (for a young boot, while
+its agent is waited for: later callers then see the outcome instead of probing again).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from banger.daemon.locks import KeyedLock
 from banger.daemon.vm_handles import Handles
 from banger.errors import NO_AGENT, Conflict, GuestError, NotFound, to_rpc_error
 from banger.guest.agent import AgentLink, AgentProcess, AgentResult
-from banger.host.vmm import VMM, Handle
+from banger.host.vmm import VMM
 
 log = logging.getLogger("banger.daemon.exec")
 
@@ -85,6 +88,8 @@ class ExecService:
         if (vm_id, boot) in self.no_agent:
             raise GuestError(f"VM {name!r} has no guest agent", data={"reason": NO_AGENT})
         async with self.link_lock.hold(vm_id):
+            if (vm_id, boot) in self.no_agent:  # found out by the caller this one waited for
+                raise GuestError(f"VM {name!r} has no guest agent", data={"reason": NO_AGENT})
             known = self.links.get(vm_id)
             if known is not None and known[0] == boot and known[1].alive:
                 # QEMU keeps the socket up when only the guest's agent went away: ask it, cheaply. A link
@@ -100,20 +105,23 @@ class ExecService:
             if known is not None:
                 await known[1].close()
                 self.links.pop(vm_id, None)
-            link = await self._first_contact(handles.vmm, vm_id, name)
+            link = await self._first_contact(handles, vm_id, name)
             self.links[vm_id] = (boot, link)
             return link
 
-    async def _first_contact(self, handle: Handle, vm_id: str, name: str) -> AgentLink:
-        """A link to the boot's agent. Until it has answered once, a young boot (sshd can answer before
-        systemd has started the agent, and an emulated guest is slow) gets until AGENT_GRACE seconds after
-        launch; otherwise an agent that does not answer within a few seconds is taken to be absent for the
-        rest of the boot (the caller then uses SSH)."""
+    async def _first_contact(self, handles: Handles, vm_id: str, name: str) -> AgentLink:
+        """A link to the boot's agent. Until it has answered once, a young boot of an image that carries the
+        agent (sshd can answer before systemd has started it, and an emulated guest is slow) gets until
+        AGENT_GRACE seconds after launch; otherwise an agent that does not answer within a few seconds is
+        taken to be absent for the rest of the boot (the caller then uses SSH)."""
+        handle = handles.vmm
         socket, vsock = self.driver(handle.runtime).agent_socket(handle)
         key = (vm_id, handle.started_at)
-        grace = 0.0 if key in self.seen else handle.started_at + AGENT_GRACE - time.time()
-        deadline = time.monotonic() + max(3.0, grace)
+        young = handle.started_at + AGENT_GRACE - time.time() if handles.agent and key not in self.seen else 0.0
+        deadline = time.monotonic() + min(AGENT_GRACE, max(3.0, young))
         while True:
+            if self.running.get(vm_id) is not handles:
+                raise Conflict(f"VM {name!r} stopped while banger waited for its guest agent")
             link: AgentLink | None = None
             try:
                 link = await AgentLink.open(socket, vsock=vsock, within=2.0)

@@ -30,13 +30,15 @@ class Handles:
     tap: str
     nat: bool
     accel: str = "tcg"
+    agent: bool = True  # the guest's image carries banger-agent (a first command may wait for it to start)
 
     def to_json(self) -> dict[str, Any]:
-        return {"vmm": self.vmm.to_json(), "tap": self.tap, "nat": self.nat, "accel": self.accel}
+        return {"vmm": self.vmm.to_json(), "tap": self.tap, "nat": self.nat, "accel": self.accel, "agent": self.agent}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Handles:
-        return cls(Handle.from_json(data["vmm"]), data["tap"], bool(data["nat"]), data.get("accel", "tcg"))
+        return cls(Handle.from_json(data["vmm"]), data["tap"], bool(data["nat"]), data.get("accel", "tcg"),
+                   bool(data.get("agent", True)))
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:

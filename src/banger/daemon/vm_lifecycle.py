@@ -27,11 +27,13 @@ from banger.daemon.vm_handles import (
     remove_handles,
     write_handles,
 )
-from banger.errors import GuestError, HostError, OperationTimeout
+from banger.errors import BangerError, GuestError, HostError, OperationTimeout
 from banger.guest import provision, rehome, ssh
 from banger.guest.agent import AgentLink
 from banger.guest.provision import FileToWrite
+from banger.host import ext4
 from banger.host.vmm import VMM, Disk, Handle, LaunchSpec
+from banger.images import agent as agent_build
 from banger.model import VM, Image, Kernel, now
 from banger.progress import Reporter
 from banger.store.repo import Store
@@ -56,6 +58,7 @@ class Lifecycle:
         self.runtimes = runtimes
         self.running: dict[str, Handles] = {}  # vm id -> handles of VMs this daemon watches
         self.ssh_pending: set[str] = set()  # clones whose sshd may still be re-executing with their key
+        self._agent_in_image: dict[tuple[str, int], bool] = {}  # (rootfs path, mtime) -> holds banger-agent
 
     def launch_spec(self, vm: VM, image: Image, kernel: Kernel, tap: str, accel: str) -> LaunchSpec:
         vm_dir = Path(vm.vm_dir)
@@ -106,8 +109,9 @@ class Lifecycle:
             tap = await self._attach_network(vm, undo, reporter)
             reporter.stage(f"starting {vm.runtime}")
             handle_spec = self.launch_spec(vm, image, kernel, tap, accel)
+            has_agent = await self.image_has_agent(image)
             handle = await driver.launch(handle_spec)
-            vm = self._adopt_launched(vm, driver, handle, tap, accel, undo)
+            vm = self._adopt_launched(vm, driver, handle, tap, accel, undo, agent=has_agent)
             if wait:
                 reporter.stage("waiting for guest")
                 try:
@@ -148,11 +152,27 @@ class Lifecycle:
             undo.push_async_callback(self.network.remove_nat, vm.id)
         return tap
 
+    async def image_has_agent(self, image: Image) -> bool:
+        """Whether ``image``'s root filesystem holds banger-agent (golden images do; an OCI import does not),
+        read once per rootfs file with debugfs (nothing is mounted)."""
+        rootfs = Path(image.dir) / "rootfs.ext4"
+        try:
+            key = (str(rootfs), rootfs.stat().st_mtime_ns)
+        except OSError:
+            return False
+        if key not in self._agent_in_image:
+            try:
+                listing = await ext4.debugfs(rootfs, f"stat /{agent_build.GUEST_BINARY}")
+            except BangerError:
+                listing = ""
+            self._agent_in_image[key] = "Inode:" in listing
+        return self._agent_in_image[key]
+
     def _adopt_launched(self, vm: VM, driver: VMM, handle: Handle, tap: str, accel: str,
-                        undo: contextlib.AsyncExitStack) -> VM:
+                        undo: contextlib.AsyncExitStack, *, agent: bool = True) -> VM:
         """Record a launched VMM (handles.json, the watch list, state running); undo pushed."""
         undo.push_async_callback(driver.kill, handle)
-        handles = Handles(handle, tap, vm.spec.nat, accel)
+        handles = Handles(handle, tap, vm.spec.nat, accel, agent)
         write_handles(Path(vm.vm_dir), handles)
         undo.callback(remove_handles, Path(vm.vm_dir))
         self.running[vm.id] = handles

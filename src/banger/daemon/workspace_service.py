@@ -245,6 +245,10 @@ class WorkspaceService:
             return None
         scratch = scratch_dir / f"changes-{secrets.token_hex(4)}"
         scratch.mkdir()
+        # The host's half that needs nothing from the guest (the base's tree in a scratch index) runs while
+        # the guest lists and sends; only a base given as a full commit id can be known before the guest says.
+        ahead = asyncio.ensure_future(export_host.stage_base(info, base, scratch / "ahead")) \
+            if plan.COMMIT_RE.fullmatch(base) else None
         try:
             with open(scratch / "stream", "wb") as sink_file:
                 sent = 0
@@ -269,7 +273,8 @@ class WorkspaceService:
             guest_secs = time.monotonic() - started
             with open(scratch / "stream", "rb") as stream:
                 try:
-                    made = await export_host.make_patch(info, stream, scratch / "git", dest)
+                    staged = await ahead if ahead is not None else None
+                    made = await export_host.make_patch(info, stream, scratch / "git", dest, staged)
                 except (InvalidArgument, export_host.GuestPatchNeeded):
                     return None  # the host repository lost the base, or a nested repo: the guest's patch
             host_secs = time.monotonic() - started - guest_secs
@@ -278,6 +283,10 @@ class WorkspaceService:
                                                         "paths": len(made[1])})
             return made
         finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+            if ahead is not None:
+                await asyncio.gather(ahead, return_exceptions=True)  # its git has exited before the rmtree
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
     async def _export_via_agent(self, vm: VM, guest: str, base: str, dest: Path) -> tuple[str, list[str]] | None:

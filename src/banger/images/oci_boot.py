@@ -133,7 +133,7 @@ def install_glue(tree: Path, reporter: Reporter) -> BootPlan:
     if not exists(tree, "sbin/init"):
         link(tree, "sbin/init", plan.init)
     for note in plan.notes:
-        reporter.log(note)
+        reporter.note(note)
     return plan
 
 

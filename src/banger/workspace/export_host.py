@@ -21,6 +21,7 @@ import os
 import tarfile
 import zlib
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -160,7 +161,7 @@ class Objects:
         return oid
 
 
-def staged_entries(stream: BinaryIO, changes: Changes, in_base: set[str],
+def staged_entries(stream: BinaryIO, changes: Changes, in_base: AbstractSet[str],
                    objects: Objects) -> Iterator[tuple[str, str, str]]:
     """(mode, object id, path) for each file of the guest's tar that ``git add -A`` would stage, checked
     against the guest's own lists."""
@@ -185,36 +186,61 @@ def staged_entries(stream: BinaryIO, changes: Changes, in_base: set[str],
                 yield "120000", objects.blob(os.fsencode(member.linkname)), name
 
 
-async def make_patch(info: repo.RepoInfo, stream: BinaryIO, scratch: Path, dest: Path) -> tuple[str, list[str]]:
-    """Read :func:`changes_script` output from ``stream`` and write the patch against its base to
-    ``dest``; (base commit, changed paths). InvalidArgument when the host repo lacks the base."""
-    changes = await asyncio.to_thread(read_header, stream)
-    if (await repo.git(info, "cat-file", "-t", changes.base, check=False)).strip() != "commit":
-        raise InvalidArgument(f"the host repository {info.root} no longer has the base commit {changes.base[:12]}")
-    algorithm = (await repo.git(info, "rev-parse", "--show-object-format")).strip() or "sha1"
+@dataclass(frozen=True)
+class Staging:
+    """A throwaway index holding ``base``'s tree, and an object directory for the guest's blobs (the host
+    repository's objects as alternates): everything but the guest's files, ready before they arrive."""
+
+    base: str
+    env: dict[str, str]  # GIT_INDEX_FILE, GIT_OBJECT_DIRECTORY, GIT_ALTERNATE_OBJECT_DIRECTORIES
+    objects: Objects
+    in_base: frozenset[str]  # the paths of base's tree
+    zero: str  # the null object id of the repository's hash
+
+
+async def stage_base(info: repo.RepoInfo, base: str, scratch: Path) -> Staging:
+    """:class:`Staging` over commit ``base``. InvalidArgument when the host repo lacks it. Needs nothing from
+    the guest, so the daemon runs it while the guest is still listing and sending its changes."""
+    kind, algorithm, objects_of = await asyncio.gather(
+        repo.git(info, "cat-file", "-t", base, check=False), repo.git(info, "rev-parse", "--show-object-format"),
+        _objects_dir(info))
+    if kind.strip() != "commit":
+        raise InvalidArgument(f"the host repository {info.root} no longer has the base commit {base[:12]}")
+    algorithm = algorithm.strip() or "sha1"
     objects_dir = scratch / "objects"
     objects_dir.mkdir(parents=True)
-    objects = Objects(objects_dir, "sha256" if algorithm == "sha256" else "sha1")
     env = {"GIT_INDEX_FILE": str(scratch / "index"), "GIT_OBJECT_DIRECTORY": str(objects_dir),
-           "GIT_ALTERNATE_OBJECT_DIRECTORIES": await _objects_dir(info)}
-    await _git(info, env, "read-tree", changes.base)
-    in_base = set((await _git(info, env, "ls-files", "-z")).split("\0"))
+           "GIT_ALTERNATE_OBJECT_DIRECTORIES": objects_of}
+    await _git(info, env, "read-tree", base)
+    in_base = frozenset((await _git(info, env, "ls-files", "-z")).split("\0"))
+    return Staging(base, env, Objects(objects_dir, "sha256" if algorithm == "sha256" else "sha1"), in_base,
+                   "0" * (64 if algorithm == "sha256" else 40))
+
+
+async def make_patch(info: repo.RepoInfo, stream: BinaryIO, scratch: Path, dest: Path,
+                     staged: Staging | None = None) -> tuple[str, list[str]]:
+    """Read :func:`changes_script` output from ``stream`` and write the patch against its base to
+    ``dest``; (base commit, changed paths). ``staged``: :func:`stage_base` done ahead (used only when it is
+    over the base the guest resolved). InvalidArgument when the host repo lacks the base."""
+    changes = await asyncio.to_thread(read_header, stream)
+    if staged is None or staged.base != changes.base:
+        staged = await stage_base(info, changes.base, scratch / "base")
     present: set[str] = set()
     lines = []
     # Parsing, hashing and compressing up to MAX_SENT bytes: off the event loop.
-    staged = await asyncio.to_thread(lambda: list(staged_entries(stream, changes, in_base, objects)))
-    for mode, oid, name in staged:
+    entries = await asyncio.to_thread(lambda: list(staged_entries(stream, changes, staged.in_base, staged.objects)))
+    for mode, oid, name in entries:
         present.add(name)
         lines.append(f"{mode} {oid}\t{name}\0")
-    zero = "0" * (64 if algorithm == "sha256" else 40)
-    lines += [f"0 {zero}\t{name}\0" for name in changes.names if name not in present]
+    lines += [f"0 {staged.zero}\t{name}\0" for name in changes.names if name not in present]
+    env = staged.env
     await _git(info, env, "update-index", "-z", "--index-info", input="".join(lines).encode(errors="surrogateescape"))
-    names = (await _git(info, env, *HOST_DIFF, "--name-only", "-z", changes.base)).split("\0")
-    with open(dest, "wb") as out:
-        await run(repo.git_argv(info.root, *HOST_DIFF, "--binary", "--full-index", changes.base,
-                                drivers=info.drivers),
-                  env={**repo.GIT_ENV, **env}, as_user=info.as_user, stdout=out.fileno())
-    return changes.base, [n for n in names if n]
+    with open(dest, "wb") as out:  # the names and the patch: two read-only diffs of one index, side by side
+        names, _ = await asyncio.gather(
+            _git(info, env, *HOST_DIFF, "--name-only", "-z", changes.base),
+            run(repo.git_argv(info.root, *HOST_DIFF, "--binary", "--full-index", changes.base, drivers=info.drivers),
+                env={**repo.GIT_ENV, **env}, as_user=info.as_user, stdout=out.fileno()))
+    return changes.base, [n for n in names.split("\0") if n]
 
 
 async def _objects_dir(info: repo.RepoInfo) -> str:
