@@ -23,14 +23,22 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from banger import __version__, api
 from banger import rpc as rpc_frame
-from banger.errors import DaemonUnavailable, InvalidArgument, PermissionDenied, ProtocolError, from_rpc_error
+from banger.errors import (
+    BangerError,
+    DaemonUnavailable,
+    InvalidArgument,
+    PermissionDenied,
+    ProtocolError,
+    from_rpc_error,
+)
 from banger.paths import Layout
 
 if TYPE_CHECKING:
@@ -266,6 +274,25 @@ class Client:
 
     def vm_exec_write(self, exec_id: str, data: str = "", eof: bool = False) -> None:
         self.call_raw(api.VM_EXEC_WRITE, {"id": exec_id, "data": data, "eof": eof})
+
+    def vm_exec_feed(self, exec_id: str, chunks: Iterable[bytes]) -> threading.Thread:
+        """Copy ``chunks`` into a command's stdin and then close it, from a thread on a second connection
+        (this one stays free to read the command's output meanwhile: input written first could stall
+        against output nobody reads). The thread is a daemon thread; it stops when the command ends."""
+        side = self.another()
+
+        def feed() -> None:
+            try:
+                with side:
+                    for chunk in chunks:
+                        side.vm_exec_write(exec_id, base64.b64encode(chunk).decode())
+                    side.vm_exec_write(exec_id, eof=True)
+            except (BangerError, OSError):
+                pass  # the command ended (or the daemon went): its input no longer matters
+
+        thread = threading.Thread(target=feed, name="banger-stdin", daemon=True)
+        thread.start()
+        return thread
 
     def vm_exec_signal(self, exec_id: str, signal: int) -> None:
         self.call_raw(api.VM_EXEC_SIGNAL, {"id": exec_id, "signal": signal})

@@ -278,20 +278,7 @@ class Client:
         if not stdin:
             self.conn.vm_exec_write(exec_id, eof=True)
             return None
-        side = self.conn.another()
-
-        def feed() -> None:
-            try:
-                with side:
-                    for at in range(0, len(stdin), 1 << 20):
-                        side.vm_exec_write(exec_id, base64.b64encode(stdin[at:at + (1 << 20)]).decode())
-                    side.vm_exec_write(exec_id, eof=True)
-            except (BangerError, OSError):
-                pass  # the command ended (or the daemon went): its input no longer matters
-
-        thread = threading.Thread(target=feed, name="banger-stdin", daemon=True)
-        thread.start()
-        return thread
+        return self.conn.vm_exec_feed(exec_id, (stdin[at:at + (1 << 20)] for at in range(0, len(stdin), 1 << 20)))
 
     def _drain(self, exec_id: str, sink: Output) -> int:
         offset = 0

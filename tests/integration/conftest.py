@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import http.server
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from banger.images import agent as agent_build
 from banger.testing.daemon import Home
 
 
@@ -58,3 +60,11 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     yield root, f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """banger-agent compiled on the host from the shipped source (static, as in the golden image)."""
+    out = tmp_path_factory.mktemp("agent") / "banger-agent"
+    subprocess.run(agent_build.compile_argv(agent_build.SOURCE, out), check=True)
+    return out

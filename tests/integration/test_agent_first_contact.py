@@ -20,14 +20,6 @@ from banger.daemon.exec_service import ExecService
 from banger.daemon.vm_handles import Handles
 from banger.errors import NO_AGENT, Conflict, GuestError
 from banger.host.vmm import Handle
-from banger.images import agent as agent_build
-
-
-@pytest.fixture(scope="module")
-def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("agent") / "banger-agent"
-    subprocess.run(agent_build.compile_argv(agent_build.SOURCE, out), check=True)
-    return out
 
 
 class Guest:

@@ -18,7 +18,6 @@ import pytest
 
 from banger.errors import GuestError, OperationTimeout
 from banger.guest import agent
-from banger.images import agent as agent_build
 
 
 async def _gone(pid: int, within: float = 5.0) -> bool:
@@ -33,12 +32,6 @@ async def _gone(pid: int, within: float = 5.0) -> bool:
         await asyncio.sleep(0.05)
     return False
 
-
-@pytest.fixture(scope="module")
-def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("agent") / "banger-agent"
-    subprocess.run(agent_build.compile_argv(agent_build.SOURCE, out), check=True)
-    return out
 
 
 class Running:

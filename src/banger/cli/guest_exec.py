@@ -81,17 +81,4 @@ def _start_stdin(client: Client, exec_id: str) -> threading.Thread | None:
     if sys.stdin is None or sys.stdin.isatty():
         client.vm_exec_write(exec_id, eof=True)
         return None
-    feeder_client = client.another()
-
-    def feed() -> None:
-        try:
-            with feeder_client:
-                while chunk := os.read(0, STDIN_CHUNK):
-                    feeder_client.vm_exec_write(exec_id, base64.b64encode(chunk).decode())
-                feeder_client.vm_exec_write(exec_id, eof=True)
-        except (BangerError, OSError):
-            pass  # the command ended (or the daemon went): its input no longer matters
-
-    thread = threading.Thread(target=feed, name="stdin", daemon=True)
-    thread.start()
-    return thread
+    return client.vm_exec_feed(exec_id, iter(lambda: os.read(0, STDIN_CHUNK), b""))
