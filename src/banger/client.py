@@ -52,6 +52,8 @@ START_TIMEOUT = 20.0
 class Client:
     """A connection to bangerd; use :meth:`connect` rather than the constructor."""
 
+    _installed_instead: str | None = None  # a daemon version this process found installed in place of its own
+
     def __init__(self, layout: Layout, sock: socket.socket, daemon_uid: int | None = None):
         self.layout = layout
         self.daemon_uid = daemon_uid
@@ -90,12 +92,27 @@ class Client:
             raise
         if running.get("version") == expect_version:
             return client
+        if running.get("version") == cls._installed_instead:  # found out before: do not restart it again
+            client.close()
+            raise cls._outdated(expect_version, str(running.get("version")))
         if before_start is not None:
             before_start()
         client.shutdown()
         client.close()
         cls.wait_gone(layout, int(running["pid"]))
-        return cls._start(layout)
+        started = cls._start(layout)
+        now_running = str(started.call_raw(api.DAEMON_PING).get("version"))
+        if now_running != expect_version:  # the installed banger changed under this long-lived process
+            started.close()
+            cls._installed_instead = now_running
+            raise cls._outdated(expect_version, now_running)
+        return started
+
+    @staticmethod
+    def _outdated(ours: str, installed: str) -> DaemonUnavailable:
+        return DaemonUnavailable(f"this process runs banger {ours}, but the installed banger (and the daemon it "
+                                 f"starts) is {installed}",
+                                 hint="restart this program (e.g. `banger mcp` in your agent) so both match")
 
     @classmethod
     def _try_connect(cls, layout: Layout, daemon_uid: int | None = None) -> Client | None:

@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import pytest
+
 from banger import __version__
 from banger.testing.daemon import Home, _alive
 
@@ -72,3 +74,32 @@ def test_user_errors_are_one_or_two_lines_without_traceback(home: Home) -> None:
     assert "no VM named 'no-such-vm'" in lines[0]
     assert "Traceback" not in proc.stderr
     assert os.environ.get("BANGER_HOME") != str(home.root)
+
+
+def test_a_long_lived_client_of_another_version_is_told_to_restart(home: Home,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process (say `banger mcp`) that outlived an upgrade must not restart the new daemon on every call."""
+    from banger.client import Client
+    from banger.errors import DaemonUnavailable
+
+    for key, value in home.env.items():  # the daemon this process starts must find the test's home
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(Client, "_installed_instead", None)
+    first = home.start_daemon()
+    try:
+        Client.connect(home.layout, expect_version="0.0.0-before-upgrade")
+    except DaemonUnavailable as exc:
+        assert "restart this program" in (exc.hint or "") and __version__ in exc.message
+    else:
+        raise AssertionError("a client of another version got a connection")
+    second = home.daemon_pid()
+    assert second is not None and second != first and _alive(second)
+    with home.client() as c:  # the daemon it started is the installed version, and it stays
+        assert c.ping().version == __version__
+    try:  # found out once: the next call is refused at once, and the daemon is left alone
+        Client.connect(home.layout, expect_version="0.0.0-before-upgrade")
+    except DaemonUnavailable as exc:
+        assert "restart this program" in (exc.hint or "")
+    else:
+        raise AssertionError("a client of another version got a connection")
+    assert home.daemon_pid() == second and _alive(second)

@@ -102,6 +102,7 @@ async def _mark_dead(vms: VMService, vm_id: str) -> None:
         if handles is None or vm is None or vms.runtimes.driver(handles.vmm.runtime).is_alive(handles.vmm):
             return
         reason = exit_reason(handles.vmm.console_log, handles.vmm.pid)
+        await vms.exec.forget_vm(vm_id)  # its agent link and commands went with it
         await vms.lifecycle.release(vm, handles)
         vms.store.update_vm(vm, state=_state_for(reason), reason=reason)
         log.warning("VM stopped on its own", extra={"vm": vm.name, "reason": reason})
