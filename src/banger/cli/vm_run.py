@@ -125,7 +125,9 @@ def vm_run(ctx: Context, path: str | None, remove: bool, detach: bool, **opts: o
         return
     rc = 255
     try:
-        if command:
+        if command and path is None:  # no repository, no mise config to apply: skip mise's start (~0.2 s)
+            rc = run_command(ctx, v.name, shell_command(list(command)))
+        elif command:
             rc = run_with_tools(ctx, v, command)
         else:
             info = ctx.client.vm_connect(v.name)
