@@ -53,10 +53,8 @@ def __getattr__(name: str) -> Any:
     """The wire's models by name (``api.VMCreate``), without importing pydantic until one is used."""
     if name.startswith("__"):
         raise AttributeError(name)
-    from banger import wire
-
     try:
-        return getattr(wire, name)
+        return getattr(w, name)
     except AttributeError:
         raise AttributeError(f"module 'banger.api' has no attribute {name!r}") from None
 

@@ -34,10 +34,10 @@ from banger import rpc as rpc_frame
 from banger.errors import (
     BangerError,
     DaemonUnavailable,
-    InvalidArgument,
     PermissionDenied,
     ProtocolError,
     from_rpc_error,
+    invalid_params,
 )
 from banger.paths import Layout
 
@@ -200,9 +200,7 @@ class Client:
             try:
                 params = rpc.params.model_validate(params or {})  # type: ignore[attr-defined]
             except ValidationError as exc:
-                first = exc.errors()[0]
-                field = ".".join(str(p) for p in first["loc"]) or "params"
-                raise InvalidArgument(f"{rpc.name}: {field}: {first['msg']}") from None
+                raise invalid_params(rpc.name, exc) from None
         return rpc.result.model_validate(self.call_raw(rpc, params))  # type: ignore[attr-defined,no-any-return]
 
     def call_raw(self, rpc: api.Rpc[Any, Any], params: Any = None) -> Any:
@@ -291,6 +289,20 @@ class Client:
 
     def vm_exec_write(self, exec_id: str, data: str = "", eof: bool = False) -> None:
         self.call_raw(api.VM_EXEC_WRITE, {"id": exec_id, "data": data, "eof": eof})
+
+    def vm_exec_drain(self, exec_id: str, sink: Callable[[str, bytes], None]) -> int:
+        """Long-poll a command's output into ``sink(stream, data)`` until it ends; its exit status (an
+        agent failure is raised as the banger error it was)."""
+        offset = 0
+        while True:
+            out = self.vm_exec_read(exec_id, offset)
+            for event in out.events:
+                sink(event.stream, base64.b64decode(event.data))
+            offset = out.offset
+            if out.done:
+                if out.error is not None:
+                    raise from_rpc_error(out.error)
+                return out.status if out.status is not None else 255
 
     def vm_exec_feed(self, exec_id: str, chunks: Iterable[bytes]) -> threading.Thread:
         """Copy ``chunks`` into a command's stdin and then close it, from a thread on a second connection

@@ -170,6 +170,14 @@ def to_rpc_error(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def invalid_params(what: str, exc: Any) -> InvalidArgument:
+    """pydantic's ValidationError ``exc`` (duck-typed: this module never imports pydantic) as banger's
+    InvalidArgument, ``WHAT: FIELD: MESSAGE`` for its first error."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "params"
+    return InvalidArgument(f"{what}: {field}: {first['msg']}")
+
+
 class _Dumpable(Protocol):
     def model_dump(self, *, exclude_none: bool) -> dict[str, Any]: ...
 

@@ -21,7 +21,6 @@ thread (``asyncio.to_thread``), as ``banger mcp`` does.
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
 import subprocess
@@ -36,7 +35,15 @@ from pydantic import ValidationError
 from banger import api, install, script
 from banger import client as connection
 from banger.bounds import RuntimeChoice, WorkspaceMode
-from banger.errors import NO_AGENT, BangerError, GuestError, InvalidArgument, ProtocolError, from_rpc_error
+from banger.errors import (
+    NO_AGENT,
+    BangerError,
+    GuestError,
+    InvalidArgument,
+    ProtocolError,
+    from_rpc_error,
+    invalid_params,
+)
 from banger.model import VM, Image, Kernel
 from banger.wire import (
     ExecStart,
@@ -100,9 +107,7 @@ def _invalid(what: str) -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "arguments"
-        raise InvalidArgument(f"{what}: {field}: {first['msg']}") from None
+        raise invalid_params(what, exc) from None
 
 
 def _shell(command: str | Sequence[str]) -> str:
@@ -270,7 +275,7 @@ class Client:
             return self._exec_over_ssh(ref, shell, where, env or {}, stdin, capture)
         feeder = self._feed(exec_id, stdin)
         try:
-            return capture.result(self._drain(exec_id, capture))
+            return capture.result(self.conn.vm_exec_drain(exec_id, capture))
         finally:
             if feeder is not None:
                 feeder.join(timeout=0.1)  # a daemon thread: it ends with the command
@@ -282,18 +287,6 @@ class Client:
             self.conn.vm_exec_write(exec_id, eof=True)
             return None
         return self.conn.vm_exec_feed(exec_id, (stdin[at:at + (1 << 20)] for at in range(0, len(stdin), 1 << 20)))
-
-    def _drain(self, exec_id: str, sink: Output) -> int:
-        offset = 0
-        while True:
-            out = self.conn.vm_exec_read(exec_id, offset)
-            for event in out.events:
-                sink(event.stream, base64.b64decode(event.data))
-            offset = out.offset
-            if out.done:
-                if out.error is not None:
-                    raise from_rpc_error(out.error)
-                return out.status if out.status is not None else 255
 
     def _exec_over_ssh(self, ref: str, shell: str, workdir: str | None, env: dict[str, str], stdin: bytes | None,
                        capture: _Capture) -> ExecResult:

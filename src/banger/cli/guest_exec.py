@@ -10,7 +10,6 @@ VM has no agent, so the caller uses SSH instead.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Sequence
 
 from banger import api, script
 from banger.client import Client
-from banger.errors import NO_AGENT, BangerError, GuestError, from_rpc_error
+from banger.errors import NO_AGENT, BangerError, GuestError
 
 STDIN_CHUNK = 1 << 20
 
@@ -55,21 +54,14 @@ def _follow(client: Client, exec_id: str) -> int:
         except (BangerError, OSError):
             pass  # it finished meanwhile (or the daemon went): the read loop says which
 
+    def write(stream: str, data: bytes) -> None:
+        fd = 1 if stream == "stdout" else 2
+        while data:
+            data = data[os.write(fd, data):]
+
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
-        offset = 0
-        while True:
-            out = client.vm_exec_read(exec_id, offset)
-            for event in out.events:
-                fd = 1 if event.stream == "stdout" else 2
-                data = base64.b64decode(event.data)
-                while data:
-                    data = data[os.write(fd, data):]
-            offset = out.offset
-            if out.done:
-                if out.error is not None:
-                    raise from_rpc_error(out.error)
-                return out.status if out.status is not None else 255
+        return client.vm_exec_drain(exec_id, write)
     finally:
         signal.signal(signal.SIGINT, previous)
         for extra in side:

@@ -22,7 +22,7 @@ from banger.daemon.runtime import RuntimeService
 from banger.daemon.server import FRAME_TIMEOUT, Server
 from banger.daemon.vm_service import VMService
 from banger.daemon.workspace_service import WorkspaceService
-from banger.errors import BangerError, InvalidArgument, MethodNotFound
+from banger.errors import BangerError, MethodNotFound, invalid_params
 from banger.guest import ssh
 from banger.host.privileged import Privileged, local
 from banger.model import now
@@ -104,9 +104,7 @@ class Daemon:
         try:
             parsed = entry.params.model_validate(params)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "params"
-            raise InvalidArgument(f"{method}: invalid params: {field}: {first['msg']}") from exc
+            raise invalid_params(f"{method}: invalid params", exc) from exc
         result = await entry.handler(self, parsed)
         if not isinstance(result, entry.rpc.result):  # the declaration is the contract the client decodes by
             raise TypeError(f"{method} returned {type(result).__name__}, not {entry.rpc.result.__name__}")
