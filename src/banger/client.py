@@ -359,16 +359,20 @@ class Client:
     def vm_workspace_export_read(self, export_id: str, offset: int) -> api.ExportChunk:
         return self.call(api.WORKSPACE_EXPORT_READ, {"id": export_id, "offset": offset})
 
-    def export_chunks(self, result: api.WorkspaceExportResult) -> Iterator[bytes]:
-        """The patch of an export: inline, or read from the daemon in chunks when it is big."""
-        if result.export_id is None:
-            yield base64.b64decode(result.patch_b64 or "")
+    def export_chunks(self, result: api.WorkspaceExportResult | dict[str, Any]) -> Iterator[bytes]:
+        """The patch of an export: inline, or read from the daemon in chunks when it is big. ``result``: the
+        export's model, or its plain JSON from :meth:`call_raw` (the chunks are read as plain JSON too: a
+        reply is megabytes of base64 that a model would only check is a string)."""
+        raw = result if isinstance(result, dict) else {"export_id": result.export_id, "patch_b64": result.patch_b64}
+        export_id = raw.get("export_id")
+        if export_id is None:
+            yield base64.b64decode(raw.get("patch_b64") or "")
             return
         offset, eof = 0, False
         while not eof:
-            chunk = self.vm_workspace_export_read(result.export_id, offset)
-            offset, eof = chunk.offset, chunk.eof
-            yield base64.b64decode(chunk.data_b64)
+            chunk = self.call_raw(api.WORKSPACE_EXPORT_READ, {"id": export_id, "offset": offset})
+            offset, eof = chunk["offset"], chunk["eof"]
+            yield base64.b64decode(chunk["data_b64"])
 
     # --- images and kernels -------------------------------------------------------------------------
 

@@ -58,6 +58,15 @@ def test_the_fast_listing_is_the_daemon_s_json(daemon_with_vms: Home) -> None:
     assert all(v["state"] == "stopped" and v["spec"]["image"] == "img" for v in vms)
 
 
+def test_an_export_loads_no_models_even_when_refused(daemon_with_vms: Home) -> None:
+    """`vm workspace export` is plain JSON both ways (a successful one is timed by bench/workspace.py):
+    against a stopped VM the daemon's refusal comes back with no model loaded (only rich, for the
+    error's colour)."""
+    proc, loaded = _loaded(daemon_with_vms, "vm", "workspace", "export", "alpha")
+    assert proc.returncode != 0 and "alpha" in proc.stderr and "Traceback" not in proc.stderr
+    assert set(loaded) <= {"rich"}, f"`banger vm workspace export` imported {loaded}"
+
+
 def test_the_probe_sees_a_heavy_import(daemon_with_vms: Home) -> None:
     """The check above can fail: a command that builds models (the table of `vm list`) does import them."""
     proc, loaded = _loaded(daemon_with_vms, "vm", "list")

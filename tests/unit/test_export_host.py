@@ -169,3 +169,46 @@ def test_a_nested_repository_leaves_the_patch_to_the_guest(tmp_path: Path) -> No
     info = asyncio.run(repo.inspect(host))
     with pytest.raises(export_host.GuestPatchNeeded):
         asyncio.run(export_host.make_patch(info, io.BytesIO(out), tmp_path / "s", tmp_path / "p"))
+
+
+def test_a_big_patch_made_in_two_halves_is_the_guest_s_patch(tmp_path: Path) -> None:
+    """Past 64 paths the host diffs two halves side by side (and packs the blobs): still the guest's bytes,
+    including when a file became a directory where the halves would meet (its pathspec would match both:
+    the diff is then made whole)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    run(host, "git", "init", "-q", "-b", "main")
+    for i in range(150):
+        (host / f"f{i:03d}.{'bin' if i % 3 == 0 else 'txt'}").write_bytes(bytes(range(256)) * 4 if i % 3 == 0
+                                                                          else f"line {i}\n".encode() * 50)
+    (host / "f074z").write_text("a file first\n")  # sorts right where the halves would meet
+    (host / "same.txt").write_text("same\n")
+    run(host, "git", "add", "-A")
+    run(host, "git", "commit", "-q", "-m", "base")
+    base = run(host, "git", "rev-parse", "HEAD").decode().strip()
+    info = asyncio.run(repo.inspect(host))
+
+    def exported(change: str, n: int) -> tuple[bytes, bytes, list[str]]:
+        guest = tmp_path / f"guest-{n}"
+        subprocess.run(["git", "clone", "-q", str(host), str(guest)], check=True)
+        run(guest, "sh", "-c", change)
+        want = run(guest, "sh", "-c", patch.patch_script(str(guest), base))
+        out = run(guest, "sh", "-c", export_host.changes_script(str(guest), base))
+        dest = tmp_path / f"out-{n}.patch"
+        names = asyncio.run(export_host.make_patch(info, io.BytesIO(out), tmp_path / f"s-{n}", dest))[1]
+        return dest.read_bytes(), want, names
+
+    edit_all = "for f in f*; do printf 'x\\001\\377' >> \"$f\"; done; echo new > 'new é.txt'"
+    got, want, names = exported(edit_all, 1)
+    assert got == want and len(names) == 152 and "same.txt" not in names
+    assert len(export_host._halves(names) or ()) == 2, "this export was made in halves"
+
+    got, want, names = exported(edit_all + "; rm f074z; mkdir f074z; echo in > f074z/inner", 2)
+    assert got == want
+    middle = len(names) // 2
+    assert names[middle - 1:middle + 1] == ["f074z", "f074z/inner"], "the file-became-directory straddles the cut"
+    assert export_host._halves(names) is None
+    applied = tmp_path / "applied"
+    subprocess.run(["git", "clone", "-q", str(host), str(applied)], check=True)
+    run(applied, "git", "apply", input=got)
+    assert (applied / "f074z" / "inner").read_text() == "in\n"

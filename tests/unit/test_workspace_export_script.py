@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from banger import api
 from banger.client import Client
 from banger.workspace import patch
 
@@ -90,10 +91,12 @@ def test_big_patches_are_read_over_the_socket_and_the_daemons_copy_goes(tmp_path
     class InProcess:  # the CLI's client, calling the daemon's handler without the socket in between
         export_chunks = Client.export_chunks  # the real chunk loop, over the method below
 
-        def vm_workspace_export_read(self, export_id: str, offset: int):  # type: ignore[no-untyped-def]
-            return asyncio.run(service.read_export(export_id, offset))
+        def call_raw(self, rpc, params):  # type: ignore[no-untyped-def]  (the daemon's JSON, as the socket carries it)
+            assert rpc is api.WORKSPACE_EXPORT_READ
+            return asyncio.run(service.read_export(params["id"], params["offset"])).model_dump(mode="json")
 
-    write_patch(InProcess(), chunked, str(tmp_path / "out.patch"))  # type: ignore[arg-type]
+    # The CLI passes the result as the daemon's plain JSON; the SDK passes the model: both read the same.
+    write_patch(InProcess(), chunked.model_dump(mode="json"), str(tmp_path / "out.patch"))  # type: ignore[arg-type]
     assert (tmp_path / "out.patch").read_bytes() == expected
     assert not big.exists() and chunked.export_id not in service._exports
     write_patch(InProcess(), inline, str(tmp_path / "small-out.patch"))  # type: ignore[arg-type]

@@ -63,8 +63,9 @@ def literal(value: object, *, keep: str = "", style: str = "") -> Text:
 
 
 def echo(message: object, *, stderr: bool = False, keep: str = "\n\t") -> None:
-    """Print a message that holds text from outside on stdout (or stderr), literally."""
-    (err if stderr else out).print(literal(message, keep=keep))
+    """Print a message that holds text from outside on stdout (or stderr), literally. Unstyled text needs
+    nothing of rich (what its console would print is the same cleaned line), so this does not load it."""
+    print(clean(message, keep=keep), file=sys.stderr if stderr else sys.stdout)
 
 
 def error(message: str, hint: str | None = None) -> None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
+import struct
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,8 @@ def changes_script(guest: str, base: str) -> str:
     named that exists. Only git's stat checks run (nothing is hashed) and nothing in the repo is written."""
     s = patch.check_base(guest, base)
     s.raw('t=$(mktemp -d "${TMPDIR:-/tmp}/banger-export.XXXXXX")')
-    s.raw("trap 'rm -rf \"$t\"' EXIT")
+    # The clean-up runs after the last byte is sent, in the background: the export need not wait for it.
+    s.raw("trap 'rm -rf \"$t\" </dev/null >/dev/null 2>&1 &' EXIT")
     # Four read-only passes, side by side (a guest has two vCPUs; each pass is mostly stat and git's start).
     s.raw("export GIT_OPTIONAL_LOCKS=0")
     s.raw('git diff --name-status --no-renames -z "$base" HEAD > "$t/commits" & p1=$!')
@@ -50,13 +53,18 @@ def changes_script(guest: str, base: str) -> str:
     s.raw('git diff-index --cached --name-status --no-renames -z HEAD > "$t/index" & p3=$!')
     s.raw('git ls-files -z --others --exclude-standard > "$t/untracked" & p4=$!')
     s.raw('wait "$p1"; wait "$p2"; wait "$p3"; wait "$p4"')
-    s.raw("{ sed -z -n 'n;p' \"$t/commits\"; cat \"$t/files\"; sed -z -n 'n;p' \"$t/index\"; "
-          'cat "$t/untracked"; } > "$t/send"')
+    # Every process costs tens of milliseconds under emulation, so few run from here on: sed only for a
+    # status list that is not empty (usually both are), one cat for the whole header, and tar reads the
+    # name lists as they are.
+    s.raw(': > "$t/pairs"')
+    s.raw('for list in commits index; do '
+          'if [ -s "$t/$list" ]; then sed -z -n \'n;p\' "$t/$list" >> "$t/pairs"; fi; done')
+    s.raw('printf \'\\0\' > "$t/end"')
     s.raw('printf "%s\\0" "$base"')
-    s.raw('for list in commits files index untracked; do cat "$t/$list"; printf \'\\0\'; done')
+    s.raw('cat "$t/commits" "$t/end" "$t/files" "$t/end" "$t/index" "$t/end" "$t/untracked" "$t/end"')
     # --hard-dereference: a second name of a hard link is sent as the file it is, not as a link entry.
     s.raw('tar -c -f - --null --no-recursion --hard-dereference --ignore-failed-read --warning=no-failed-read '
-          '-T "$t/send"')
+          '-T "$t/pairs" -T "$t/files" -T "$t/untracked"')
     return s.render()
 
 
@@ -145,20 +153,65 @@ def _checked(name: str) -> str:
 
 
 class Objects:
-    """A throwaway loose-object directory the host writes the guest's blobs into (by hash)."""
+    """The guest's blobs, written by the host into one throwaway pack (by hash; ``git index-pack`` indexes
+    it in :meth:`finish`). One file rather than a loose object per blob: creating a thousand small files
+    cost more than all the rest of the host's side of an export."""
 
     def __init__(self, root: Path, algorithm: str):
         self.root = root
         self.algorithm = algorithm
+        self._oids: set[str] = set()
+        self._pack: BinaryIO | None = None
 
     def blob(self, data: bytes) -> str:
-        body = b"blob %d\0" % len(data) + data
-        oid = hashlib.new(self.algorithm, body).hexdigest()
-        path = self.root / oid[:2] / oid[2:]
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            path.write_bytes(zlib.compress(body, 1))
+        digest = hashlib.new(self.algorithm, b"blob %d\0" % len(data))
+        digest.update(data)
+        oid = digest.hexdigest()
+        if oid not in self._oids:
+            self._oids.add(oid)
+            if self._pack is None:
+                (self.root / "pack").mkdir(parents=True, exist_ok=True)
+                self._pack = open(self.root / "pack" / "incoming", "w+b")  # noqa: SIM115 (closed by finish)
+                self._pack.write(b"PACK" + struct.pack(">II", 2, 0))  # the count is filled in by finish
+            # Stored, not compressed: the pack lives for one diff, and deflating costs more than it saves.
+            self._pack.write(_pack_entry_header(len(data)) + zlib.compress(data, 0))
         return oid
+
+    async def finish(self, info: repo.RepoInfo) -> None:
+        """Seal the pack (object count, trailing checksum) and index it, so git can read the blobs."""
+        if self._pack is None:
+            return
+        pack, self._pack = self._pack, None
+        with pack:
+            pack.seek(8)
+            pack.write(struct.pack(">I", len(self._oids)))
+            pack.seek(0)
+            digest = hashlib.new(self.algorithm)
+            while chunk := pack.read(1 << 20):
+                digest.update(chunk)
+            pack.write(digest.digest())
+        sealed = self.root / "pack" / f"pack-{digest.hexdigest()}.pack"
+        os.rename(self.root / "pack" / "incoming", sealed)
+        await run(repo.git_argv(info.root, "index-pack", str(sealed), drivers=info.drivers), env=repo.GIT_ENV,
+                  as_user=info.as_user)
+
+    def close(self) -> None:
+        """Drop an unfinished pack (an export that failed part way)."""
+        if self._pack is not None:
+            self._pack.close()
+            self._pack = None
+
+
+def _pack_entry_header(size: int) -> bytes:
+    """A pack entry's type-and-size header for a whole (undeltified) blob: type 3, size in 4 then 7-bit
+    groups, low bits first, the top bit saying another byte follows."""
+    out = bytearray([0x30 | (size & 0x0F)])
+    size >>= 4
+    while size:
+        out[-1] |= 0x80
+        out.append(size & 0x7F)
+        size >>= 7
+    return bytes(out)
 
 
 def staged_entries(stream: BinaryIO, changes: Changes, in_base: AbstractSet[str],
@@ -228,19 +281,65 @@ async def make_patch(info: repo.RepoInfo, stream: BinaryIO, scratch: Path, dest:
     present: set[str] = set()
     lines = []
     # Parsing, hashing and compressing up to MAX_SENT bytes: off the event loop.
-    entries = await asyncio.to_thread(lambda: list(staged_entries(stream, changes, staged.in_base, staged.objects)))
+    try:
+        entries = await asyncio.to_thread(lambda: list(staged_entries(stream, changes, staged.in_base,
+                                                                      staged.objects)))
+        await staged.objects.finish(info)
+    finally:
+        staged.objects.close()
     for mode, oid, name in entries:
         present.add(name)
         lines.append(f"{mode} {oid}\t{name}\0")
     lines += [f"0 {staged.zero}\t{name}\0" for name in changes.names if name not in present]
     env = staged.env
     await _git(info, env, "update-index", "-z", "--index-info", input="".join(lines).encode(errors="surrogateescape"))
-    with open(dest, "wb") as out:  # the names and the patch: two read-only diffs of one index, side by side
-        names, _ = await asyncio.gather(
-            _git(info, env, *HOST_DIFF, "--name-only", "-z", changes.base),
-            run(repo.git_argv(info.root, *HOST_DIFF, "--binary", "--full-index", changes.base, drivers=info.drivers),
-                env={**repo.GIT_ENV, **env}, as_user=info.as_user, stdout=out.fileno()))
-    return changes.base, [n for n in names.split("\0") if n]
+    listed = await run(repo.git_argv(info.root, *HOST_DIFF, "--name-only", "-z", changes.base, drivers=info.drivers),
+                       env={**repo.GIT_ENV, **env}, as_user=info.as_user)
+    names = [os.fsdecode(n) for n in listed.stdout.split(b"\0") if n]  # exact names, for pathspecs
+    await _write_diff(info, env, changes.base, names, dest, scratch)
+    return changes.base, [n.encode(errors="surrogateescape").decode(errors="replace") for n in names]
+
+
+async def _write_diff(info: repo.RepoInfo, env: dict[str, str], base: str, names: list[str], dest: Path,
+                      scratch: Path) -> None:
+    """The binary patch of the staged index against ``base`` into ``dest``: made in two halves side by side
+    when :func:`_halves` says that prints the same bytes (binary hunks are git's slowest part, and a
+    host has two cores or more)."""
+    def diff(paths: list[str], out: BinaryIO) -> Awaitable[object]:
+        argv = repo.git_argv(info.root, *HOST_DIFF, "--binary", "--full-index", base, "--", *paths,
+                             drivers=info.drivers)
+        return run(argv, env={**repo.GIT_ENV, **env, "GIT_LITERAL_PATHSPECS": "1"}, as_user=info.as_user,
+                   stdout=out.fileno())
+
+    halves = _halves(names)
+    with open(dest, "wb") as out:
+        if halves is None:
+            await diff([], out)
+            return
+        scratch.mkdir(parents=True, exist_ok=True)
+        with open(scratch / "second-half.patch", "w+b") as second:
+            await asyncio.gather(diff(halves[0], out), diff(halves[1], second))
+            second.seek(0)
+            out.seek(0, os.SEEK_END)
+            await asyncio.to_thread(shutil.copyfileobj, second, out, 1 << 20)
+
+
+def _halves(names: list[str]) -> tuple[list[str], list[str]] | None:
+    """``names``, in the order git printed them, cut in the middle, when two diffs limited to each half
+    print exactly the whole diff one after the other: with --no-renames every path's hunk stands alone, but
+    a pathspec also matches what lies under it, so no name in one half may be a directory of one in the
+    other. None when that does not hold, or the list is too short to gain or too long for a command line."""
+    if len(names) < 64 or sum(map(len, names)) > 256 << 10:
+        return None
+    mid = len(names) // 2
+    first, second = names[:mid], names[mid:]
+
+    def dirs(group: list[str]) -> set[str]:
+        return {name[:i] for name in group for i, c in enumerate(name) if c == "/"}
+
+    if dirs(first) & set(second) or dirs(second) & set(first):
+        return None
+    return first, second
 
 
 async def _objects_dir(info: repo.RepoInfo) -> str:
