@@ -29,6 +29,8 @@ from banger.images.manifest import read_manifest
 from banger.images.oci_pull import pull_oci
 from banger.images.oci_registry import BlobCache, prune_cache, referenced_digests
 from banger.progress import RecordingReporter
+from banger.testing.artifacts import install_image
+from banger.testing.daemon import Home
 
 OCI_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -294,6 +296,8 @@ async def test_systemd_image_gets_units(pushed: dict[str, str], cache_dir: Path,
     assert "banger-config.service" in wants and "banger-network" in wants and "banger-config " in wants
     assert "Fast link dest: \"/lib/systemd/systemd\"" in await stat_of(rootfs, "/usr/sbin/init")
     assert "banger-init" not in await debugfs(rootfs, "ls /usr/sbin")
+    agent = await debugfs(rootfs, "ls /etc/systemd/system/sysinit.target.wants", "stat /usr/local/sbin/banger-agent")
+    assert "banger-agent.service" in agent and "Mode:  0755" in agent and manifest.extra["agent"] is True
 
 
 async def test_hostile_layer_fails_and_leaves_nothing(
@@ -336,3 +340,31 @@ async def test_prune_dry_run_then_prune(pushed: dict[str, str], cache_dir: Path,
     assert all(size == p.stat().st_size for p, size in planned)
     assert prune_cache(cache_dir, keep) == planned
     assert sorted(p.name for p in cache.root.iterdir()) == sorted(k.split(":")[1] for k in keep)
+
+
+APPLETS = ("sh", "mount", "umount", "mkdir", "grep", "ip", "sed", "tr", "cat", "sleep", "kill", "sync", "chmod",
+           "modprobe", "poweroff", "reboot", "echo", "ls", "id", "uname", "rm", "ln", "hostname", "head", "cut")
+
+
+async def test_an_import_without_sshd_boots_and_runs_commands_through_its_agent(
+    registry: Registry, vm_home: Home, tmp_path: Path
+) -> None:
+    """A real boot of an OCI import: busybox only (no sshd, no libc, no compiler). `image pull` gave it the
+    static banger-agent, banger-init started it, and `vm run` gets output and exit status through it."""
+    lay = OciLayout(tmp_path / "oci")
+    layer = tar_bytes([d("bin/"), f("bin/busybox", BUSYBOX, 0o755), *(sym(f"bin/{a}", "busybox") for a in APPLETS),
+                       d("etc/"), f("etc/os-release", b'ID="busyos"\n'), d("root/", 0o700)])
+    lay.tag(lay.image([(layer, OCI_LAYER_GZ)]), "boot")
+    ref = registry.push(lay, "boot", "test/boot")
+    rep = RecordingReporter()
+    image_dir = tmp_path / "images" / "busy"
+    manifest = await pull_oci(ref, image_dir, cache_dir=tmp_path / "cache", reporter=rep)
+    assert manifest.extra["agent"] is True and manifest.extra["sshd"] is False
+    assert "Mode:  0755" in await stat_of(image_dir / "rootfs.ext4", "/usr/local/sbin/banger-agent")
+
+    install_image(vm_home.layout, image_dir, name="busy")
+    proc = vm_home.cli("vm", "run", "--rm", "--name", "busy1", "--image", "busy", "--",
+                       "sh", "-c", "echo from-busybox; uname -s; id -u; exit 3", timeout=600)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.split() == ["from-busybox", "Linux", "0"]
+    assert json.loads(vm_home.cli("vm", "list", "--json", check=True).stdout) == []

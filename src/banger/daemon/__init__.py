@@ -29,7 +29,8 @@ Modules:
                   (held while a young boot's agent is waited for, up to AGENT_GRACE after launch).
 - ``vm_lifecycle``  Lifecycle: the VM's host key (made and pinned at create), the per-start config disk,
                   TAP + TAP filter + NAT, VMM launch (noting whether the image carries banger-agent),
-                  SSH readiness, a clone's restore and re-homing (``guest.rehome``), stop, release.
+                  readiness (sshd; the agent for an image with none), a clone's restore and re-homing
+                  (``guest.rehome``), stop, release.
 - ``vm_handles``  ``handles.json`` (running VM's pid, sockets, TAP, NAT) and ``disks.json`` per VM dir.
 - ``reconcile``   at start: re-adopt live VMMs, undo interrupted creates, mark dead VMs, sweep TAPs;
                   while running: the dead-VMM watcher and the stale reaper.

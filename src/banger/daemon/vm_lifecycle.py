@@ -6,6 +6,7 @@ leaves no TAP, NAT rule, VMM process or handles file behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -112,7 +113,12 @@ class Lifecycle:
             has_agent = await self.image_has_agent(image)
             handle = await driver.launch(handle_spec)
             vm = self._adopt_launched(vm, driver, handle, tap, accel, undo, agent=has_agent)
-            if wait:
+            if wait and has_agent and (image.manifest.get("extra") or {}).get("sshd") is False:
+                # An import without sshd is reached only through its agent: that is what "ready" means.
+                reporter.stage("waiting for the guest agent")
+                secs = await self._wait_agent(vm, driver, handle)
+                reporter.log(f"guest agent answered after {secs:.1f}s (the image has no sshd)")
+            elif wait:
                 reporter.stage("waiting for guest")
                 try:
                     secs = await ssh.wait_ssh_ready(
@@ -139,6 +145,26 @@ class Lifecycle:
                         await mount_workspace(link, vm, handle_spec)
             undo.pop_all()
         return vm
+
+    async def _wait_agent(self, vm: VM, driver: VMM, handle: Handle) -> float:
+        """Until the guest's agent answers a ping (seconds taken); GuestError after the ready timeout."""
+        started = time.monotonic()
+        timeout = self.config.ready_timeout_seconds
+        socket, vsock = driver.agent_socket(handle)
+        while True:
+            left = timeout - (time.monotonic() - started)
+            try:
+                async with await AgentLink.open(socket, vsock=vsock) as link:
+                    await link.ping(within=max(0.1, min(5.0, left)))
+                return time.monotonic() - started
+            except Exception as exc:
+                if not driver.is_alive(handle):
+                    raise GuestError(f"VM {vm.name!r} stopped during boot",
+                                     hint=f"see `banger vm logs {vm.name}`") from exc
+                if left <= 0:
+                    raise GuestError(f"VM {vm.name!r} booted but its agent did not answer within {timeout}s",
+                                     hint=f"see `banger vm logs {vm.name}`") from exc
+                await asyncio.sleep(0.2)  # a link the guest has not opened yet fails at once: do not spin
 
     async def _attach_network(self, vm: VM, undo: contextlib.AsyncExitStack, reporter: Reporter) -> str:
         """A TAP whose filter passes only this VM's MAC and address, and NAT when asked; undo pushed."""

@@ -262,6 +262,7 @@ async def _build_entry(entry: Path, mirror: str, cache_dir: Path, reporter: Repo
         await run([*PRIVATE_MOUNTS, *mmdebstrap_argv(tree, mirror, extra_packages)], timeout=MMDEBSTRAP_TIMEOUT)
         reporter.stage("customising the tree")
         await _customise(tree, seed, mise)
+        await asyncio.to_thread(agent.keep_binary, tree / agent.GUEST_BINARY, cache_dir)  # for OCI imports
         packages = await installed_packages(tree)
         rootfs_sha, seed_sha = await _make_images(stage, tree, seed, reporter)
         await asyncio.to_thread(shutil.rmtree, tree)

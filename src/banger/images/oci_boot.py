@@ -7,6 +7,8 @@ network and starts sshd if present; it becomes ``init=`` (``extra["cmdline_init"
 when the image has none). An image with neither systemd nor ``/bin/sh`` is refused. Every path is
 written through :func:`~banger.images.oci_layers.resolve_in_root`, so image symlinks cannot redirect a
 write to the host. SSH needs ``/usr/sbin/sshd`` in the image; without it the VM boots but has no SSH.
+banger-agent, being static, needs nothing from the image: it is installed whenever banger has a built one
+(``images.agent.host_binary``), with its unit under systemd, else started by banger-init.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from banger.errors import IntegrityError, InvalidArgument
+from banger.images import agent as agent_build
 from banger.images.oci_layers import Escape, resolve_in_root
 from banger.progress import Reporter
 
@@ -33,6 +36,7 @@ class BootPlan:
     init: str  # "/lib/systemd/systemd" or "/sbin/banger-init"
     systemd: bool
     notes: list[str] = field(default_factory=list)
+    sshd: bool = True  # the image has /usr/sbin/sshd (without it a VM is reached only through banger-agent)
 
 
 def glue_file(name: str) -> bytes:
@@ -116,8 +120,9 @@ def plan_boot(tree: Path) -> BootPlan:
     return BootPlan(BANGER_INIT, False)
 
 
-def install_glue(tree: Path, reporter: Reporter) -> BootPlan:
-    """Add banger's boot glue to ``tree`` and return the plan (init, notes)."""
+def install_glue(tree: Path, reporter: Reporter, agent: Path | None = None) -> BootPlan:
+    """Add banger's boot glue to ``tree`` and return the plan (init, notes). ``agent``: a static
+    banger-agent to install (started by its unit under systemd, by banger-init otherwise)."""
     plan = plan_boot(tree)
     for name, mode in MOUNTPOINTS.items():
         mkdirs(tree, name, mode)
@@ -126,8 +131,10 @@ def install_glue(tree: Path, reporter: Reporter) -> BootPlan:
     put(tree, "usr/local/sbin/banger-network", glue_file("banger-network"), 0o755)
     put(tree, "usr/local/sbin/banger-config", glue_file("banger-config"), 0o755)
     _install_sshd(tree, plan, reporter)
+    if agent is not None:
+        put(tree, agent_build.GUEST_BINARY, agent.read_bytes(), 0o755)
     if plan.systemd:
-        _install_units(tree)
+        _install_units(tree, agent=agent is not None)
     else:
         put(tree, BANGER_INIT, glue_file("oci-banger-init"), 0o755)
     if not exists(tree, "sbin/init"):
@@ -139,6 +146,7 @@ def install_glue(tree: Path, reporter: Reporter) -> BootPlan:
 
 def _install_sshd(tree: Path, plan: BootPlan, reporter: Reporter) -> None:
     if not exists(tree, "usr/sbin/sshd"):
+        plan.sshd = False
         plan.notes.append("the image has no /usr/sbin/sshd: VMs from it boot but cannot be reached over SSH")
         return
     put(tree, "etc/ssh/sshd_config.d/banger.conf", glue_file("sshd-banger.conf"))
@@ -149,9 +157,12 @@ def _install_sshd(tree: Path, plan: BootPlan, reporter: Reporter) -> None:
         reporter.log(f"removed baked-in SSH host key /etc/ssh/{key.name}")
 
 
-def _install_units(tree: Path) -> None:
+def _install_units(tree: Path, *, agent: bool) -> None:
     for unit in ("banger-network.service", "banger-config.service"):
         put(tree, f"{UNITS}/{unit}", glue_file(unit))
+    if agent:
+        put(tree, f"{UNITS}/{agent_build.UNIT}", glue_file(agent_build.UNIT))
+        link(tree, f"{UNITS}/sysinit.target.wants/{agent_build.UNIT}", f"../{agent_build.UNIT}")
     link(tree, f"{UNITS}/multi-user.target.wants/banger-network.service", "../banger-network.service")
     link(tree, f"{UNITS}/network-online.target.wants/banger-network.service", "../banger-network.service")
     link(tree, f"{UNITS}/multi-user.target.wants/banger-config.service", "../banger-config.service")

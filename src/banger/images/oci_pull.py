@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from banger.errors import AlreadyExists, InvalidArgument
 from banger.host.ext4 import make_from_tree, size_for_tree
 from banger.host.http import sha256_file
+from banger.images import agent
 from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, write_manifest
 from banger.images.oci_boot import BootPlan, exists, inside, install_glue
 from banger.images.oci_layers import Budget, apply_layer
@@ -71,7 +72,9 @@ async def pull_oci(
             image = await registry.resolve()
             blobs = await fetch_blobs(registry, image, reporter)
         config = _image_config(blobs[0])
-        manifest = await build(staging, image, blobs[1:], reporter, name=dest.name, kernel_ref=kernel_ref)
+        agent_binary = await agent.host_binary(cache_dir, reporter)
+        manifest = await build(staging, image, blobs[1:], reporter, name=dest.name, kernel_ref=kernel_ref,
+                               agent_binary=agent_binary)
         manifest.extra["oci"] = _oci_facts(str(parsed), image, config)
         write_manifest(staging / "out", manifest)
         os.rename(staging / "out", dest)
@@ -110,9 +113,11 @@ def _image_config(path: Path) -> dict[str, Any]:
 
 
 async def build(
-    staging: Path, image: ImageManifestRef, layers: list[Path], reporter: Reporter, *, name: str, kernel_ref: str
+    staging: Path, image: ImageManifestRef, layers: list[Path], reporter: Reporter, *, name: str, kernel_ref: str,
+    agent_binary: Path | None = None,
 ) -> ImageManifest:
-    """Flatten ``layers`` into ``staging/tree``, add the glue, and write the two disks to ``staging/out``."""
+    """Flatten ``layers`` into ``staging/tree``, add the glue (and ``agent_binary``, a static banger-agent),
+    and write the two disks to ``staging/out``."""
     tree, seed, out = staging / "tree", staging / "seed", staging / "out"
     tree.mkdir(mode=0o755)
     out.mkdir()
@@ -122,7 +127,7 @@ async def build(
         await in_thread(partial(apply_layer, tree, blob, layer=desc.digest, reporter=reporter, budget=budget))
         reporter.progress(i + 1, len(layers))
     reporter.stage("adding banger boot glue")
-    plan = await in_thread(install_glue, tree, reporter)
+    plan = await in_thread(install_glue, tree, reporter, agent_binary)
     await in_thread(_split_work_seed, tree, seed)
     reporter.stage(f"building {ROOTFS}")
     await make_from_tree(tree, out / ROOTFS, await in_thread(size_for_tree, tree), label="banger-root")
@@ -137,7 +142,7 @@ async def build(
         rootfs_size=(out / ROOTFS).stat().st_size,
         rootfs_sha256=await in_thread(sha256_file, out / ROOTFS),
         work_seed_size=(out / WORK_SEED).stat().st_size,
-        extra=_boot_facts(plan),
+        extra=_boot_facts(plan) | {"agent": agent_binary is not None},
     )
 
 
@@ -167,7 +172,8 @@ def _distro(tree: Path) -> str:
 
 
 def _boot_facts(plan: BootPlan) -> dict[str, Any]:
-    return {"cmdline_init": plan.init, "init": "systemd" if plan.systemd else "banger-init", "notes": plan.notes}
+    return {"cmdline_init": plan.init, "init": "systemd" if plan.systemd else "banger-init", "notes": plan.notes,
+            "sshd": plan.sshd}
 
 
 def _oci_facts(reference: str, image: ImageManifestRef, config: dict[str, Any]) -> dict[str, Any]:
