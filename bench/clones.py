@@ -4,7 +4,8 @@ Run as root: python bench/clones.py [--runs 5] [--idle 20]. Makes its own networ
 BANGER_HOME, installs the cached kernel and golden image (run the test suite once first), builds the
 template once (reported, not counted), then alternates `vm run --rm -- true` cold (--cold) and cloned so
 both see the same machine load, and reports medians and their ratio. `--idle N` then starts N clones,
-waits, and sums their QEMU processes' RSS (and PSS, which counts shared template pages once).
+waits, and sums their QEMU processes' RSS (and PSS, which counts shared template pages once), beside how
+far the host's MemAvailable fell.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from banger.testing.netns import NetNS
 
 def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _meminfo_kib(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
@@ -66,6 +74,7 @@ def main() -> None:
             print(f"  clone  median {km:6.2f}s  min {min(clone):6.2f}s  max {max(clone):6.2f}s")
             print(f"  clone / cold = {km / cm:.3f}")
             if args.idle:
+                available_before = _meminfo_kib("MemAvailable")
                 t = time.perf_counter()
                 for i in range(args.idle):
                     home.cli("vm", "create", "--name", f"idle{i}", check=True, timeout=600)
@@ -77,8 +86,10 @@ def main() -> None:
                     pids.append(handles["vmm"]["pid"])
                 rss = sum(_status_kib(p, "VmRSS") for p in pids)
                 pss = sum(_pss_kib(p) for p in pids)
+                taken = available_before - _meminfo_kib("MemAvailable")
                 print(f"  {len(pids)} idle clones: RSS sum {rss / 1024 / 1024:.2f} GiB, "
-                      f"PSS sum {pss / 1024 / 1024:.2f} GiB (shared template pages counted once)")
+                      f"PSS sum {pss / 1024 / 1024:.2f} GiB (shared template pages counted once), "
+                      f"host MemAvailable down {taken / 1024 / 1024:.2f} GiB")
                 home.cli("vm", "kill", *[f"idle{i}" for i in range(args.idle)], timeout=600)
         finally:
             home.cleanup()

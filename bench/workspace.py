@@ -145,7 +145,8 @@ def offline(args: argparse.Namespace, home: Home, repo: Path, change: str, out: 
         home.cli("vm", "workspace", "export", "wo", "--output", str(out), check=True)
         times.append(time.perf_counter() - t0)
     print(f"export of {args.changed} changed files (offline workspace, agent + host patch): median "
-          f"{sorted(times)[1]:.1f}s of 3, patch {out.stat().st_size / 2**20:.1f} MiB")
+          f"{sorted(times)[1]:.2f}s of 3 ({', '.join(f'{t:.2f}s' for t in times)} in order), "
+          f"patch {out.stat().st_size / 2**20:.1f} MiB")
     for line in home.layout.daemon_log.read_text().splitlines():
         if "export made on the host" in line:
             rec = json.loads(line)

@@ -179,8 +179,8 @@ class Lifecycle:
         return tap
 
     async def image_has_agent(self, image: Image) -> bool:
-        """Whether ``image``'s root filesystem holds banger-agent (golden images do; an OCI import does not),
-        read once per rootfs file with debugfs (nothing is mounted)."""
+        """Whether ``image``'s root filesystem holds banger-agent (golden images do; OCI imports do when the
+        pull had one to give), read once per rootfs file with debugfs (nothing is mounted)."""
         rootfs = Path(image.dir) / "rootfs.ext4"
         try:
             key = (str(rootfs), rootfs.stat().st_mtime_ns)
