@@ -182,6 +182,7 @@ def test_a_big_patch_made_in_two_halves_is_the_guest_s_patch(tmp_path: Path) -> 
         (host / f"f{i:03d}.{'bin' if i % 3 == 0 else 'txt'}").write_bytes(bytes(range(256)) * 4 if i % 3 == 0
                                                                           else f"line {i}\n".encode() * 50)
     (host / "f074z").write_text("a file first\n")  # sorts right where the halves would meet
+    (host / os.fsdecode(b"f\xff\xfe.txt")).write_text("not UTF-8\n")  # a tracked name that is not UTF-8
     (host / "same.txt").write_text("same\n")
     run(host, "git", "add", "-A")
     run(host, "git", "commit", "-q", "-m", "base")
@@ -200,10 +201,11 @@ def test_a_big_patch_made_in_two_halves_is_the_guest_s_patch(tmp_path: Path) -> 
 
     edit_all = "for f in f*; do printf 'x\\001\\377' >> \"$f\"; done; echo new > 'new é.txt'"
     got, want, names = exported(edit_all, 1)
-    assert got == want and len(names) == 152 and "same.txt" not in names
+    assert got == want and len(names) == 153 and "same.txt" not in names
+    assert b"deleted file" not in got, "the name that is not UTF-8 is a modification, as in the guest's patch"
     assert len(export_host._halves(names) or ()) == 2, "this export was made in halves"
 
-    got, want, names = exported(edit_all + "; rm f074z; mkdir f074z; echo in > f074z/inner", 2)
+    got, want, names = exported(edit_all + "; rm f074z; mkdir f074z; echo in > f074z/inner; echo a > a-added", 2)
     assert got == want
     middle = len(names) // 2
     assert names[middle - 1:middle + 1] == ["f074z", "f074z/inner"], "the file-became-directory straddles the cut"

@@ -46,6 +46,11 @@ HOST_KEY = "ssh_host_ed25519_key"  # the VM's SSH host key, in its directory (th
 GUEST_CID = 3  # Firecracker's vsock is private to each VM (its own socket), so every guest can be CID 3
 
 
+# Run through the agent of an image without sshd before it is called ready (see Lifecycle._wait_agent).
+READY_SCRIPT = ("if [ -d /run/systemd/system ]; then systemctl is-system-running --wait >/dev/null; "
+                "else while [ ! -e /run/banger-ready ]; do sleep 0.1; done; fi")
+
+
 class Lifecycle:
     """Start/stop/kill mechanics shared by create, start, restart, delete and reconcile."""
 
@@ -137,33 +142,41 @@ class Lifecycle:
                         ) from exc
                     raise GuestError(f"VM {vm.name!r} stopped during boot: {exc.message}",
                                      hint=f"see `banger vm logs {vm.name}`") from exc
-                if vm.workspace is not None and vm.workspace.offline:
-                    reporter.stage("mounting the workspace")
-                    socket, vsock = driver.agent_socket(handle)
-                    async with await AgentLink.open(socket, vsock=vsock) as link:
-                        await link.ping(within=30)
-                        await mount_workspace(link, vm, handle_spec)
+            if wait and vm.workspace is not None and vm.workspace.offline:
+                reporter.stage("mounting the workspace")
+                socket, vsock = driver.agent_socket(handle)
+                async with await AgentLink.open(socket, vsock=vsock) as link:
+                    await link.ping(within=30)
+                    await mount_workspace(link, vm, handle_spec)
             undo.pop_all()
         return vm
 
     async def _wait_agent(self, vm: VM, driver: VMM, handle: Handle) -> float:
-        """Until the guest's agent answers a ping (seconds taken); GuestError after the ready timeout."""
+        """Until the guest's agent answers and the guest has finished its own start-up (the agent starts
+        first, before the config disk, network and work disk are applied): seconds taken; GuestError (the VM
+        is then torn down by the caller's undo) after the ready timeout."""
         started = time.monotonic()
         timeout = self.config.ready_timeout_seconds
         socket, vsock = driver.agent_socket(handle)
         while True:
             left = timeout - (time.monotonic() - started)
             try:
-                async with await AgentLink.open(socket, vsock=vsock) as link:
+                async with await AgentLink.open(socket, vsock=vsock, within=max(0.1, min(5.0, left))) as link:
                     await link.ping(within=max(0.1, min(5.0, left)))
+                    # banger-init marks the end of its start-up; a systemd guest says when it has settled.
+                    done = await link.exec(["/bin/sh", "-c", READY_SCRIPT], timeout=max(1.0, left))
+                if done.status != 0:
+                    raise GuestError(f"the guest's start-up check exited {done.status}")
                 return time.monotonic() - started
-            except Exception as exc:
+            except (OSError, EOFError, BangerError) as exc:  # not up yet, or the link dropped: again
                 if not driver.is_alive(handle):
                     raise GuestError(f"VM {vm.name!r} stopped during boot",
                                      hint=f"see `banger vm logs {vm.name}`") from exc
-                if left <= 0:
-                    raise GuestError(f"VM {vm.name!r} booted but its agent did not answer within {timeout}s",
-                                     hint=f"see `banger vm logs {vm.name}`") from exc
+                if time.monotonic() - started >= timeout:
+                    raise GuestError(f"VM {vm.name!r} booted but its agent did not say it was ready within "
+                                     f"{timeout}s: {exc}",
+                                     hint="an image without sshd is reached only through banger-agent: "
+                                          "does its init start it (see the README on images)?") from exc
                 await asyncio.sleep(0.2)  # a link the guest has not opened yet fails at once: do not spin
 
     async def _attach_network(self, vm: VM, undo: contextlib.AsyncExitStack, reporter: Reporter) -> str:

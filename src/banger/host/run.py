@@ -90,7 +90,7 @@ def _record(argv: Sequence[str]) -> None:
     installs every program used, and that the host never ran a program on a guest's disk."""
     log = tool_log()
     if log is not None:
-        with open(log, "a") as f:
+        with open(log, "a", errors="backslashreplace") as f:  # an argument may be a name that is not UTF-8
             f.write(f"{argv[0]}\t{shlex.join(argv)}".replace("\n", " ") + "\n")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def keep_binary(built: Path, cache_dir: Path) -> Path:
     """Copy an agent built from today's source (a golden build's) into the cache; its path there."""
     dest = cached_binary(cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{os.getpid()}")
+    part = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}")  # two builds at once each have their own
     shutil.copyfile(built, part)
     os.chmod(part, 0o755)
     os.replace(part, dest)
@@ -61,7 +62,7 @@ async def host_binary(cache_dir: Path, reporter: Reporter) -> Path | None:
                       "or install gcc and libc6-dev; until then its VMs run commands over SSH")
         return None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{os.getpid()}")
+    part = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}")
     try:
         await run(compile_argv(SOURCE, part))
     except HostError as exc:

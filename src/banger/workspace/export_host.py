@@ -162,12 +162,15 @@ class Objects:
         self.algorithm = algorithm
         self._oids: set[str] = set()
         self._pack: BinaryIO | None = None
+        self._closed = False
 
     def blob(self, data: bytes) -> str:
         digest = hashlib.new(self.algorithm, b"blob %d\0" % len(data))
         digest.update(data)
         oid = digest.hexdigest()
         if oid not in self._oids:
+            if self._closed:  # the export was given up while this thread still read the guest's tar
+                raise GuestError("the export was stopped")
             self._oids.add(oid)
             if self._pack is None:
                 (self.root / "pack").mkdir(parents=True, exist_ok=True)
@@ -179,8 +182,14 @@ class Objects:
 
     async def finish(self, info: repo.RepoInfo) -> None:
         """Seal the pack (object count, trailing checksum) and index it, so git can read the blobs."""
+        sealed = await asyncio.to_thread(self._seal)  # up to MAX_SENT bytes re-read and hashed: off the loop
+        if sealed is not None:
+            await run(repo.git_argv(info.root, "index-pack", str(sealed), drivers=info.drivers),
+                      env=repo.GIT_ENV, as_user=info.as_user)
+
+    def _seal(self) -> Path | None:
         if self._pack is None:
-            return
+            return None
         pack, self._pack = self._pack, None
         with pack:
             pack.seek(8)
@@ -192,11 +201,11 @@ class Objects:
             pack.write(digest.digest())
         sealed = self.root / "pack" / f"pack-{digest.hexdigest()}.pack"
         os.rename(self.root / "pack" / "incoming", sealed)
-        await run(repo.git_argv(info.root, "index-pack", str(sealed), drivers=info.drivers), env=repo.GIT_ENV,
-                  as_user=info.as_user)
+        return sealed
 
     def close(self) -> None:
-        """Drop an unfinished pack (an export that failed part way)."""
+        """Drop an unfinished pack (an export that failed part way); later blobs are refused."""
+        self._closed = True
         if self._pack is not None:
             self._pack.close()
             self._pack = None
@@ -265,7 +274,11 @@ async def stage_base(info: repo.RepoInfo, base: str, scratch: Path) -> Staging:
     env = {"GIT_INDEX_FILE": str(scratch / "index"), "GIT_OBJECT_DIRECTORY": str(objects_dir),
            "GIT_ALTERNATE_OBJECT_DIRECTORIES": objects_of}
     await _git(info, env, "read-tree", base)
-    in_base = frozenset((await _git(info, env, "ls-files", "-z")).split("\0"))
+    listed = await run(repo.git_argv(info.root, "ls-files", "-z", drivers=info.drivers),
+                       env={**repo.GIT_ENV, **env}, as_user=info.as_user)
+    # Exact names (the guest's are surrogate-escaped bytes too): a decoded one would not match a name
+    # that is not UTF-8, and its file would be taken for a new one.
+    in_base = frozenset(os.fsdecode(n) for n in listed.stdout.split(b"\0") if n)
     return Staging(base, env, Objects(objects_dir, "sha256" if algorithm == "sha256" else "sha1"), in_base,
                    "0" * (64 if algorithm == "sha256" else 40))
 
@@ -328,8 +341,10 @@ def _halves(names: list[str]) -> tuple[list[str], list[str]] | None:
     """``names``, in the order git printed them, cut in the middle, when two diffs limited to each half
     print exactly the whole diff one after the other: with --no-renames every path's hunk stands alone, but
     a pathspec also matches what lies under it, so no name in one half may be a directory of one in the
-    other. None when that does not hold, or the list is too short to gain or too long for a command line."""
-    if len(names) < 64 or sum(map(len, names)) > 256 << 10:
+    other. None when that does not hold, or the list is too short or too long to gain."""
+    # git matches every index entry against every pathspec, so a half of thousands of names costs more
+    # than the whole diff saves: only a few hundred to two thousand names are cut.
+    if not 64 <= len(names) <= 2000:
         return None
     mid = len(names) // 2
     first, second = names[:mid], names[mid:]

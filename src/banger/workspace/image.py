@@ -154,5 +154,5 @@ def mount_script(device: str, guest_path: str, *, trust_owner: bool) -> str:
     # inodes of every tracked file: read them now, in the background at idle priority (read-only: no lock,
     # no index write), so that cost falls in time the guest would otherwise spend idle.
     s.line("GIT_OPTIONAL_LOCKS=0 setsid -f nice -n 19 ionice -c 3 git -C {} diff-files --quiet "
-           "</dev/null >/dev/null 2>&1", guest_path)
+           "</dev/null >/dev/null 2>&1 || true", guest_path)  # only an optimisation: never fail the mount
     return s.render()
