@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from banger.errors import HostError
+from banger.files import write_atomic
 from banger.host.run import run
 from banger.progress import Reporter
 
@@ -44,10 +45,7 @@ def keep_binary(built: Path, cache_dir: Path) -> Path:
     """Copy an agent built from today's source (a golden build's) into the cache; its path there."""
     dest = cached_binary(cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}")  # two builds at once each have their own
-    shutil.copyfile(built, part)
-    os.chmod(part, 0o755)
-    os.replace(part, dest)
+    write_atomic(dest, built.read_bytes(), 0o755)
     return dest
 
 

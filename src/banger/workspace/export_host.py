@@ -274,11 +274,7 @@ async def stage_base(info: repo.RepoInfo, base: str, scratch: Path) -> Staging:
     env = {"GIT_INDEX_FILE": str(scratch / "index"), "GIT_OBJECT_DIRECTORY": str(objects_dir),
            "GIT_ALTERNATE_OBJECT_DIRECTORIES": objects_of}
     await _git(info, env, "read-tree", base)
-    listed = await run(repo.git_argv(info.root, "ls-files", "-z", drivers=info.drivers),
-                       env={**repo.GIT_ENV, **env}, as_user=info.as_user)
-    # Exact names (the guest's are surrogate-escaped bytes too): a decoded one would not match a name
-    # that is not UTF-8, and its file would be taken for a new one.
-    in_base = frozenset(os.fsdecode(n) for n in listed.stdout.split(b"\0") if n)
+    in_base = frozenset(await _git_names(info, env, "ls-files", "-z"))
     return Staging(base, env, Objects(objects_dir, "sha256" if algorithm == "sha256" else "sha1"), in_base,
                    "0" * (64 if algorithm == "sha256" else 40))
 
@@ -306,9 +302,7 @@ async def make_patch(info: repo.RepoInfo, stream: BinaryIO, scratch: Path, dest:
     lines += [f"0 {staged.zero}\t{name}\0" for name in changes.names if name not in present]
     env = staged.env
     await _git(info, env, "update-index", "-z", "--index-info", input="".join(lines).encode(errors="surrogateescape"))
-    listed = await run(repo.git_argv(info.root, *HOST_DIFF, "--name-only", "-z", changes.base, drivers=info.drivers),
-                       env={**repo.GIT_ENV, **env}, as_user=info.as_user)
-    names = [os.fsdecode(n) for n in listed.stdout.split(b"\0") if n]  # exact names, for pathspecs
+    names = await _git_names(info, env, *HOST_DIFF, "--name-only", "-z", changes.base)
     await _write_diff(info, env, changes.base, names, dest, scratch)
     return changes.base, [n.encode(errors="surrogateescape").decode(errors="replace") for n in names]
 
@@ -361,6 +355,14 @@ async def _objects_dir(info: repo.RepoInfo) -> str:
     """The host repository's object directory (a linked worktree's is its main repository's)."""
     path = (await repo.git(info, "rev-parse", "--git-path", "objects")).strip()
     return str(info.root / path) if path and not path.startswith("/") else path
+
+
+async def _git_names(info: repo.RepoInfo, env: dict[str, str], *args: str) -> list[str]:
+    """The NUL-separated paths ``git ARGS`` prints, exact (surrogate-escaped like the guest's): a decoded
+    name would not match one that is not UTF-8, nor work as a pathspec for it."""
+    done = await run(repo.git_argv(info.root, *args, drivers=info.drivers), env={**repo.GIT_ENV, **env},
+                     as_user=info.as_user)
+    return [os.fsdecode(n) for n in done.stdout.split(b"\0") if n]
 
 
 async def _git(info: repo.RepoInfo, env: dict[str, str], *args: str, input: bytes | None = None) -> str:
