@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   python3 python3-venv git openssh-client ca-certificates iproute2 nftables kmod
   qemu-system-x86 qemu-utils e2fsprogs mmdebstrap debian-archive-keyring gpgv
-  busybox-static util-linux tmux bind9-dnsutils systemd
+  busybox-static util-linux uidmap tmux bind9-dnsutils systemd
 )
 TEST_PACKAGES=(skopeo docker-registry openssh-server cpio procps gcc libc6-dev)
 
