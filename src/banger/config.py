@@ -5,6 +5,8 @@ Example (all values shown are the defaults)::
     log_level = "info"                 # debug | info | warning | error
     runtime = "auto"                   # auto | firecracker | qemu
     firecracker_bin = "firecracker"    # path or name on PATH
+    jailer = "auto"                    # run Firecracker under its jailer: auto | true | false (see below)
+    jailer_bin = "jailer"              # path or name on PATH (scripts/setup.sh --firecracker installs it)
     qemu_bin = "qemu-system-x86_64"
     default_image_name = "debian-bookworm"
     default_kernel = "debian-6.1"
@@ -32,6 +34,11 @@ Example (all values shown are the defaults)::
     host = "~/.config/gh/hosts.yml"    # under the owner's home
     guest = ".config/gh/hosts.yml"     # under /root
     mode = "0600"
+
+``jailer``: ``true`` jails every Firecracker (chroot under ``<state>/jail``, fresh mount and pid namespaces, the
+daemon's own user) and makes a Firecracker launch fail when the jailer cannot be used; ``false`` never jails;
+``auto`` jails when ``jailer_bin`` is found and root is at hand (the daemon is root, or bangerd-root serves a
+system install), and otherwise runs plain Firecracker, saying why in the runtime note.
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ class Config(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     runtime: Literal["auto", "firecracker", "qemu"] = "auto"
     firecracker_bin: str = "firecracker"
+    jailer: Literal["auto"] | bool = "auto"
+    jailer_bin: str = "jailer"
     qemu_bin: str = "qemu-system-x86_64"
     default_image_name: str = "debian-bookworm"
     default_kernel: str = "debian-6.1"
@@ -110,6 +119,13 @@ class Config(_Strict):
     @classmethod
     def _ip(cls, v: str) -> str:
         ipaddress.IPv4Address(v)
+        return v
+
+    @field_validator("jailer", mode="before")
+    @classmethod
+    def _jailer(cls, v: object) -> object:
+        if v != "auto" and not isinstance(v, bool):  # no "yes", 1 or "true": TOML has real booleans
+            raise ValueError('must be "auto", true or false')
         return v
 
     @field_validator("cidr")

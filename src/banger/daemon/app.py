@@ -47,7 +47,7 @@ class Daemon:
         self.kernels = KernelService(config, layout, store, self.operations)
         self.images = ImageService(config, layout, store, self.operations, self.kernels)
         self.network = NetworkService(config, priv, tag=ipam.daemon_tag(str(layout.state_dir)))
-        self.runtimes = RuntimeService(config, layout)
+        self.runtimes = RuntimeService(config, layout, priv)
         self.key_path = Path(config.ssh_key_path).expanduser() if config.ssh_key_path else layout.ssh_dir / "id_ed25519"
         self.vms = VMService(config, layout, store, self.operations, self.images, self.kernels, self.network,
                              self.runtimes, self.key_path)

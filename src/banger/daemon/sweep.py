@@ -4,7 +4,9 @@ Run once by ``reconcile.adopt_all`` after running VMs are re-adopted, before the
 
 - VMM processes whose command line names a path under ``<state>/vms`` but that no adopted VM owns (one
   spawned just before a crash, before its ``handles.json`` was written) are killed, and so are QEMUs of
-  snapshot template builds (``<state>/templates``) no adopted clone is;
+  snapshot template builds (``<state>/templates``) no adopted clone is, and Firecrackers jailed under
+  ``<state>/jail`` (their command line is chroot-relative; their root directory names the jail) that no
+  adopted VM owns; jail directories of VMs not running are removed;
 - NAT rules and TAP filters of VMs that are not running are deleted;
 - banger's device-mapper devices and loop devices backed by files under the state dir that no VM's
   ``disks.json`` names are removed;
@@ -21,11 +23,13 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from banger.daemon.network import NetworkService
 from banger.daemon.vm_handles import read_root_disk
+from banger.host import jail
 from banger.host.privileged import Privileged
 from banger.paths import Layout
 
@@ -59,6 +63,29 @@ def kill_orphans(vms_dir: Path, adopted: set[int]) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return pids
+
+
+def kill_jailed_orphans(layout: Layout, adopted: set[int]) -> list[int]:
+    """Kill jailed VMM processes under ``<state>/jail`` that no adopted VM owns."""
+    base = jail.jail_base(layout.state_dir)
+    pids = [pid for pid in jail.jailed_pids(base) if pid not in adopted]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5  # gone before their jails are removed (next step)
+    while pids and set(pids) & set(jail.jailed_pids(base)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def remove_stale_jails(layout: Layout, running: set[str]) -> list[Path]:
+    """Remove the jail directories of VMs that are not running (their processes are gone by now)."""
+    base = jail.jail_base(layout.state_dir)
+    live = set(jail.jailed_pids(base).values())
+    stale = [p for p in jail.stale_jails(base, running) if p.name not in live]
+    for path in stale:
+        jail.remove(jail.JailPaths(base, path.name))
+    return stale
 
 
 def scratch_dirs(layout: Layout) -> list[Path]:
@@ -112,6 +139,8 @@ async def sweep(layout: Layout, network: NetworkService, priv: Privileged, runni
         ("killed orphaned VMM processes", lambda: kill_orphans(layout.vms_dir, set(running.values()))),
         # A template build the daemon did not finish (clones name the templates dir too, but are adopted).
         ("killed unfinished template builds", lambda: kill_orphans(layout.templates_dir, set(running.values()))),
+        ("killed orphaned jailed VMMs", lambda: kill_jailed_orphans(layout, set(running.values()))),
+        ("removed jails of VMs not running", lambda: remove_stale_jails(layout, set(running))),
         ("removed rules of VMs not running", lambda: network.sweep_rules(set(running))),
         ("released devices no VM uses", lambda: release_devices(layout, priv)),
         ("removed scratch directories", lambda: remove_scratch(layout)),

