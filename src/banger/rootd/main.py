@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if inst is None:
             raise ConfigError(f"no install record at {where}", hint="run `banger system install --owner USER`")
         cfg = _trusted_config(inst.config_file)
-        policy = Policy.from_config(cfg, inst.owner_uid, inst.state_dir)
+        policy = Policy.from_config(cfg, inst.owner_uid, inst.state_dir, inst.owner_gid)
         os.umask(0o022)
         _owner_runtime_dir(inst)
         _tun_usable()

@@ -16,8 +16,9 @@ from typing import Any
 
 from banger import ipam
 from banger.config import Config
-from banger.errors import PermissionDenied
-from banger.host import dm, loopdev
+from banger.errors import HostError, PermissionDenied
+from banger.host import dm, jail, loopdev
+from banger.host.run import which
 
 VM_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 TAP_RE = re.compile(rf"^{re.escape(ipam.TAP_PREFIX)}[0-9a-f]{{10}}$")
@@ -25,6 +26,8 @@ DM_RE = re.compile(rf"^{re.escape(dm.PREFIX)}[0-9a-f]{{12}}$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
 VM_DOMAIN = "vm"
+NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_JAIL_DEVICES = 8
 
 
 def refuse(what: str, why: str) -> PermissionDenied:
@@ -39,11 +42,14 @@ class Policy:
     bridge_ip: str
     cidr: ipaddress.IPv4Network
     dns_listen: str
+    owner_gid: int | None = None
+    firecracker_bin: str = "firecracker"
+    jailer_bin: str = "jailer"
 
     @classmethod
-    def from_config(cls, cfg: Config, owner_uid: int, state_dir: Path) -> Policy:
+    def from_config(cls, cfg: Config, owner_uid: int, state_dir: Path, owner_gid: int | None = None) -> Policy:
         return cls(owner_uid, Path(os.path.realpath(state_dir)), cfg.bridge_name, cfg.bridge_ip,
-                   ipaddress.IPv4Network(cfg.cidr), cfg.dns_listen)
+                   ipaddress.IPv4Network(cfg.cidr), cfg.dns_listen, owner_gid, cfg.firecracker_bin, cfg.jailer_bin)
 
     # --- single values ------------------------------------------------------------------------------
 
@@ -145,9 +151,74 @@ class Policy:
             raise refuse(f"loop device {device}", f"only loops over files under {self.state_dir}")
         return device
 
+    # --- the jailer ----------------------------------------------------------------------------------
+
+    def check_jail(self, a: dict[str, Any]) -> tuple[str, str, str, Path, str | None]:
+        """(vm_id, jailer, exec_file, chroot base, netns) of a ``jail_firecracker`` request, each checked
+        against the config: the configured binaries, the owner's ids, ``<state>/jail``, an existing netns."""
+        vm_id = self.check_vm_id(a.get("vm_id"))
+        jailer, exec_file = _configured(self.jailer_bin, "jailer"), _configured(self.firecracker_bin, "firecracker")
+        if a.get("jailer") != jailer:
+            raise refuse(f"jailer {a.get('jailer')!r}", f"only the configured {jailer} (jailer_bin)")
+        if a.get("exec_file") != exec_file:
+            raise refuse(f"exec file {a.get('exec_file')!r}", f"only the configured {exec_file} (firecracker_bin)")
+        if a.get("uid") != self.owner_uid or isinstance(a.get("uid"), bool):
+            raise refuse(f"a jailed VMM as uid {a.get('uid')!r}", f"it runs as the owner, uid {self.owner_uid}")
+        if self.owner_gid is None or a.get("gid") != self.owner_gid or isinstance(a.get("gid"), bool):
+            raise refuse(f"a jailed VMM as gid {a.get('gid')!r}", f"it runs as the owner's group {self.owner_gid}")
+        base = jail.jail_base(self.state_dir)
+        if a.get("chroot_base") != str(base):
+            raise refuse(f"chroot base {a.get('chroot_base')!r}", f"only {base}")
+        netns = a.get("netns")
+        if netns is not None and (not isinstance(netns, str) or not NETNS_RE.match(netns)
+                                  or not Path("/run/netns", netns).exists()):
+            raise refuse(f"network namespace {netns!r}", "none, or one named in /run/netns")
+        self.check_jail_root(jail.JailPaths(base, vm_id))
+        return vm_id, jailer, exec_file, base, netns
+
+    def check_jail_root(self, where: jail.JailPaths) -> None:
+        """The chroot exists, is a real directory all the way down (no symlink) and is the owner's."""
+        try:
+            fd = jail.open_dir_nofollow(where.root)
+        except HostError as exc:
+            raise refuse(f"the jail {where.root}", "it must be a plain directory made by the owner") from exc
+        try:
+            if os.fstat(fd).st_uid != self.owner_uid:
+                raise refuse(f"the jail {where.root}", "it belongs to someone other than the owner")
+        finally:
+            os.close(fd)
+
+    async def check_jail_devices(self, devices: Any) -> list[str]:
+        """Block devices for the jail: banger's dm devices or loops over files under the state dir."""
+        if not isinstance(devices, list) or len(devices) > MAX_JAIL_DEVICES:
+            raise refuse(f"devices {devices!r}", f"a list of at most {MAX_JAIL_DEVICES} device paths")
+        for device in devices:
+            if isinstance(device, str) and device.startswith("/dev/mapper/"):
+                if device != str(dm.device_path(self.check_dm_name(device.removeprefix("/dev/mapper/")))):
+                    raise refuse(f"device {device!r}", "a dm device by its /dev/mapper name")
+            else:
+                await self.check_loop(device)
+        return [str(d) for d in devices]
+
+    def check_console_fd(self, fds: list[int]) -> int:
+        """The console is one descriptor: the owner's regular file, open for writing."""
+        if len(fds) != 1:
+            raise refuse(f"{len(fds)} descriptors", "send the console log as exactly one open descriptor")
+        st = os.fstat(fds[0])
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != self.owner_uid or _access_mode(fds[0]) == os.O_RDONLY:
+            raise refuse("that console", "only an owner's regular file, open for writing")
+        return fds[0]
+
     def state_files(self) -> set[tuple[int, int, int]]:
         """(major, minor, inode) of the regular files under the state dir (images, VM disks: a few dozen)."""
         return loopdev.file_identities(self.state_dir)
+
+
+def _configured(name: str, what: str) -> str:
+    found = which(name)
+    if found is None:
+        raise refuse(f"running the {what}", f"{name!r} (from root's config) is not installed")
+    return os.path.realpath(found)
 
 
 def _access_mode(fd: int) -> int:

@@ -60,6 +60,8 @@ class RootHelper:
             "set_resolved_link_dns": ({"link", "server", "domain"}, self._route_dns),
             "revert_resolved_link": ({"link"}, lambda a, _: self.local.revert_resolved_link(
                 p.check_bridge(a.get("link")))),
+            "jail_firecracker": ({"vm_id", "jailer", "exec_file", "uid", "gid", "chroot_base", "netns", "devices"},
+                                 self._jail_firecracker),
         }
 
     async def handle(self, op: Any, args: Any, fds: list[int]) -> Any:
@@ -107,6 +109,14 @@ class RootHelper:
         # The owner's VMM opens the device: it gets the node, nothing else of device-mapper.
         os.chown(os.path.realpath(dm.device_path(name)), self.policy.owner_uid, -1)
         return path
+
+    async def _jail_firecracker(self, a: dict[str, Any], fds: list[int]) -> int:
+        console = self.policy.check_console_fd(fds)
+        vm_id, jailer, exec_file, base, netns = self.policy.check_jail(a)
+        devices = await self.policy.check_jail_devices(a.get("devices"))
+        assert self.policy.owner_gid is not None  # check_jail refuses without it
+        return await self.local.jail_firecracker_fd(vm_id, jailer, exec_file, self.policy.owner_uid,
+                                                    self.policy.owner_gid, base, netns, devices, console)
 
     async def _route_dns(self, a: dict[str, Any], _fds: list[int]) -> None:
         self.policy.check_resolver(a.get("link"), a.get("server"), a.get("domain"))
