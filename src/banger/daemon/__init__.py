@@ -38,7 +38,7 @@ Modules:
                   filters of VMs not running, unused dm/loop devices, staging and scratch directories.
 - ``network``     NetworkService: bridge, warm TAP pool (leaf lock), guest IPs, per-VM NAT; releases that
                   could not reach bangerd-root are queued and retried at the next acquire and at close.
-- ``runtime``     RuntimeService: auto|firecracker|qemu from the cached KVM boot probe; VMM drivers.
+- ``runtime``     RuntimeService: auto|firecracker|qemu from the cached KVM boot probe; VMM drivers; jailer on/off.
 - ``workspace_service``  WorkspaceService: ``vm.workspace.prepare`` (host repo -> one tar over SSH -> guest
                   git repo whose HEAD is the host's), a clone's workspace disk built on the host
                   (``workspace.image``, for create), and ``vm.workspace.export`` (changed files through
