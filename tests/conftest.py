@@ -46,7 +46,8 @@ def nothing_left_behind() -> Iterator[None]:
     leaks.remove(RUN_ID, exclude={os.getpid()})
     allowed = tools.with_dependencies(tools.setup_packages(ROOT / "scripts/setup.sh") | tools.essential_packages())
     # Not Debian's to provide: the venv's interpreter, the test cache's Firecracker, tests' own fake programs.
-    ours = [Path(sys.prefix), cache_root(), Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"]
+    ours = [Path(sys.prefix), Path(os.path.realpath(sys.executable)), cache_root(),
+                Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"]
     missing = tools.check_programs(programs, allowed, ignore_under=ours)
     assert not found, f"the test run left things behind: {found.describe()}"
     assert not missing, "programs the run used that setup.sh does not install: " + "; ".join(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,9 @@ REFUSALS: dict[str, tuple[str, dict[str, Any]]] = {
     "resolver routing on another link": ("set_resolved_link_dns", {"link": "eth0", "server": "127.0.0.1:42069",
                                                                    "domain": "vm"}),
     "an operation not in the table": ("run", {"argv": ["sh", "-c", "id"]}),
+    "an id map for a root process": ("map_userns", {"pid": os.getpid()}),
+    "an id map for init": ("map_userns", {"pid": 1}),
+    "an id map with the caller's own ranges": ("map_userns", {"pid": os.getpid(), "uid_map": "0 0 4294967295"}),
 }
 
 
@@ -200,3 +205,70 @@ def test_helper_attaches_an_owner_file_passed_as_a_descriptor_and_makes_owner_ta
         assert f"user {system.owner}" in detail
     finally:
         ask(system, "delete_tap", name="bgt-00000000aa")
+
+
+def _owner_process(sysi: SystemInstall, *argv: str) -> subprocess.Popen[bytes]:
+    owner = sysi.inst.owner_uid
+    return subprocess.Popen(list(argv), user=owner, group=sysi.inst.owner_gid, extra_groups=[],
+                            stdin=subprocess.DEVNULL)
+
+
+def _wait_for(check: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_helper_maps_only_an_owner_process_alone_in_a_fresh_user_namespace(system: SystemInstall) -> None:
+    host_ns = os.readlink("/proc/self/ns/user")
+    plain = _owner_process(system, "sleep", "30")  # the owner's, but in the host's user namespace
+    # The owner's, in a user namespace it already mapped itself (uid 0 inside = the owner).
+    mapped = _owner_process(system, "unshare", "--user", "--map-root-user", "sleep", "30")
+    try:
+        _wait_for(lambda: os.readlink(f"/proc/{mapped.pid}/ns/user") != host_ns
+                  and Path(f"/proc/{mapped.pid}/uid_map").read_text().strip() != "")
+        with pytest.raises(PermissionDenied, match="in the host's user namespace"):
+            ask(system, "map_userns", pid=plain.pid)
+        with pytest.raises(PermissionDenied, match="already mapped"):
+            ask(system, "map_userns", pid=mapped.pid)
+        assert Path(f"/proc/{mapped.pid}/uid_map").read_text().split() == ["0", str(system.inst.owner_uid), "1"]
+    finally:
+        for proc in (plain, mapped):
+            proc.kill()
+            proc.wait()
+
+
+USERNS_AS_OWNER = """
+import asyncio, sys
+from pathlib import Path
+from banger.host import userns
+from banger.host.privileged import RemotePrivileged
+helper = RemotePrivileged(Path(sys.argv[1]))
+asyncio.run(userns.run(["sh", "-c", sys.argv[2]], helper.map_userns, on_line=print))
+"""
+
+
+def test_an_owner_namespace_mapped_by_the_helper_sets_file_owners_from_the_subordinate_block(
+        system: SystemInstall) -> None:
+    """The whole path an owner's image build takes, confined as bangerd's unit confines it."""
+    from banger.host import userns
+
+    inst = system.inst
+    work = inst.state_dir / "userns-probe"
+    work.mkdir()
+    os.chown(work, inst.owner_uid, inst.owner_gid)
+    script = (f"cd {work} && touch a b && chown 1000:1000 a && chown {userns.OWNER_INSIDE}:{userns.OWNER_INSIDE} b"
+              " && id -u && grep CapEff /proc/self/status")
+    argv = ["setpriv", f"--reuid={inst.owner_uid}", f"--regid={inst.owner_gid}", "--clear-groups",
+            "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all",
+            sys.executable, "-c", USERNS_AS_OWNER, str(inst.root_socket), script]
+    try:
+        proc = subprocess.run(argv, env=system.env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == "0"
+        ids = userns.id_map_for(inst.owner_uid)
+        assert (os.stat(work / "a").st_uid, os.stat(work / "a").st_gid) == (ids.subuid + 1000, ids.subgid + 1000)
+        assert (os.stat(work / "b").st_uid, os.stat(work / "b").st_gid) == (inst.owner_uid, inst.owner_gid)
+    finally:
+        shutil.rmtree(work)

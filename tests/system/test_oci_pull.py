@@ -5,6 +5,7 @@ Every result is checked inside the produced ext4 with debugfs: owners, modes, wh
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -31,6 +32,8 @@ from banger.images.oci_registry import BlobCache, prune_cache, referenced_digest
 from banger.progress import RecordingReporter
 from banger.testing.artifacts import install_image
 from banger.testing.daemon import Home
+from banger.testing.netns import NetNS
+from banger.testing.system import SystemInstall, made_user
 
 OCI_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -368,3 +371,44 @@ async def test_an_import_without_sshd_boots_and_runs_commands_through_its_agent(
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.split() == ["from-busybox", "Linux", "0"]
     assert json.loads(vm_home.cli("vm", "list", "--json", check=True).stdout) == []
+
+
+def _not_owners(root: Path, uid: int) -> list[str]:
+    """Paths under ``root`` that are not ``uid``'s (what a user-namespace build could leave behind)."""
+    return [str(p) for p in (root, *root.rglob("*")) if p.lstat().st_uid != uid]
+
+
+def test_the_owner_pulls_through_its_system_install_and_file_owners_survive(pushed: dict[str, str]) -> None:
+    """As the owner (bangerd started as its unit says: no new privileges, no capabilities), a pull flattens
+    the layers as root of a user namespace bangerd-root maps onto the owner's subordinate ids: uid 1000,
+    modes and setuid bits come out as the image has them, and what the owner gets back is all its own.
+    A hostile image fails the same way as under root, with nothing left that the owner could not remove."""
+    with made_user() as owner, NetNS() as ns:
+        sysi = SystemInstall(owner.pw_name, netns=ns.name)
+        try:
+            sysi.install()
+            sysi.start_helper()
+            sysi.start_owner_daemon(netns=False)  # the registry listens on the host's loopback
+            pulled = sysi.cli("image", "pull", pushed["basic"], "--name", "basic", "--insecure", netns=False,
+                              timeout=600)
+            assert pulled.returncode == 0, pulled.stderr
+            inst = sysi.inst
+            rootfs = inst.state_dir / "images/basic/rootfs.ext4"
+            notes = asyncio.run(stat_of(rootfs, "/home/dev/notes"))
+            assert "User:  1000   Group:  1000" in notes and "Mode:  0600" in notes, notes
+            su = asyncio.run(stat_of(rootfs, "/usr/bin/su"))
+            assert "Mode:  04755" in su and "User:     0   Group:     0" in su, su
+            assert "User:     0   Group:     0" in asyncio.run(stat_of(rootfs, "/etc/motd"))
+
+            hostile = sysi.cli("image", "pull", pushed["hostile"], "--name", "hostile", "--insecure",
+                               netns=False, timeout=600)
+            assert hostile.returncode != 0 and "outside the root" in hostile.stderr, hostile.stderr
+            assert sorted(os.listdir(inst.state_dir / "images")) == ["basic"]
+            sysi.stop(sysi.daemon)
+            assert _not_owners(inst.state_dir, owner.pw_uid) == []
+            assert _not_owners(inst.cache_dir, owner.pw_uid) == []
+        except BaseException:
+            print(sysi.logs())
+            raise
+        finally:
+            sysi.close()

@@ -8,6 +8,7 @@ by the helper, inside the namespace), then moves into the namespace for the VMs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from banger.host.ext4 import debugfs
 from banger.testing.netns import NetNS
 from banger.testing.repos import committed_repo
 from banger.testing.system import SystemInstall, made_user
@@ -79,22 +81,28 @@ def _run(sysi: SystemInstall, ns: NetNS, uid: int, gid: int, cache: Path) -> Non
     verify = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
     inst.config_file.write_text(CONFIG)
-    # The owner's caches start with what the test cache already fetched, so the pull and build below do
-    # not download a kernel package or re-run mmdebstrap (the build then reuses its cached tree).
+    # The owner's caches start with the kernel package and the mise tarball the test cache already
+    # fetched (no second download of either); the golden image itself is built from scratch, mmdebstrap and
+    # all, as root of a user namespace bangerd-root maps onto the owner's subordinate ids.
     for deb in (cache / "debs").glob("*.deb"):
         _copy_owned(deb, inst.cache_dir, f"kernels/{deb.name}", uid, gid)
-    for entry in (cache / "golden-build/golden").iterdir():
-        _copy_owned(entry, inst.cache_dir, f"images/golden/{entry.name}", uid, gid)
+    for tarball in (cache / "golden-build/downloads").glob("mise-*.tgz"):
+        _copy_owned(tarball, inst.cache_dir, f"images/downloads/{tarball.name}", uid, gid)
 
     sysi.start_helper()
     sysi.start_owner_daemon(netns=False)
     sysi.cli("kernel", "pull", "debian-6.1", netns=False, check=True, timeout=900)
     built = sysi.cli("image", "build", netns=False, check=True, timeout=1800)
     assert "image debian-bookworm ready" in built.stderr
-    assert "reusing cached golden build" in (inst.state_dir / "bangerd.log").read_text()
-    for d in (inst.state_dir / "kernels/debian-6.1", inst.state_dir / "images/debian-bookworm"):
-        assert all(p.stat().st_uid == uid for p in (d, *d.iterdir())), f"{d} is not all the owner's"
+    assert "bootstrapping debian bookworm (mmdebstrap)" in (inst.state_dir / "bangerd.log").read_text()
+    rootfs = inst.state_dir / "images/debian-bookworm/rootfs.ext4"
+    shadow = asyncio.run(debugfs(rootfs, "stat /etc/shadow"))
+    assert "User:     0   Group:    42" in shadow and "Mode:  0640" in shadow, shadow  # root:shadow, as Debian
+    assert "Mode:  04755" in asyncio.run(debugfs(rootfs, "stat /usr/bin/sudo"))
     sysi.stop(sysi.daemon)
+    for d in (inst.state_dir, inst.cache_dir):  # nothing left owned by the subordinate ids
+        strays = [str(p) for p in (d, *d.rglob("*")) if p.lstat().st_uid != uid]
+        assert strays == [], f"not the owner's after the build: {strays[:10]}"
     sysi.start_owner_daemon()
 
     # A sandbox as the owner: root in the guest, the VMM the owner's.
@@ -144,6 +152,13 @@ def _run(sysi: SystemInstall, ns: NetNS, uid: int, gid: int, cache: Path) -> Non
     while log.read_text().count('"stage": "network"') == seen and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1)
+    # `system restart` refuses while that create is in flight, and with --force goes on to say what to do
+    # where systemd is not PID 1 (as here).
+    refused = sysi.cli("system", "restart")
+    assert refused.returncode != 0 and "operation(s) are running" in refused.stderr, refused.stderr
+    assert "--force" in refused.stderr
+    forced = sysi.cli("system", "restart", "--force")
+    assert forced.returncode == 1 and "systemd is not running here" in forced.stdout, forced
     sysi.stop(sysi.helper, signal.SIGKILL)
     _out, err = creating.communicate(timeout=300)
     assert creating.returncode != 0 and "bangerd-root hung up during" in err, err

@@ -11,7 +11,7 @@ import click
 from banger import paths, sysinstall
 from banger.cli import render
 from banger.cli.context import Context, pass_ctx
-from banger.errors import Conflict, NotFound
+from banger.errors import Conflict, HostError, NotFound
 
 
 @click.group()
@@ -30,6 +30,12 @@ def install_cmd(owner: str, prefix: Path) -> None:
     render.echo(f"installed banger for {inst.owner} (uid {inst.owner_uid}): {sysinstall.install_path(inst)}")
     for path in done.units.values():
         render.echo(f"  wrote {path}")
+    from banger.host import userns
+
+    try:  # image builds and registry pulls keep file owners through the owner's subordinate ids
+        userns.id_map_for(inst.owner_uid)
+    except HostError as exc:
+        render.echo(f"note: {exc}; as root: {exc.hint.removeprefix('as root: ') if exc.hint else ''}")
     if done.started:
         render.echo(f"started {sysinstall.ROOT_UNIT} and {sysinstall.OWNER_UNIT}")
     else:

@@ -16,7 +16,8 @@ Modules:
 - ``kernel_service``  KernelService: ``<state>/kernels`` + kernels table; list/show, pull from the catalog
                   (an operation), import, rm (refused while a VM boots it), ``ensure`` for VM create.
 - ``image_service``   ImageService: ``<state>/images`` + images table; build (golden), pull (catalog, bundle
-                  URL/file, OCI registry), export, register, promote, delete, cache prune; every producer
+                  URL/file, OCI registry), export, register, promote, delete, cache prune; as the owner a build
+                  or registry pull runs in a user namespace the privileged seam maps; every producer
                   writes into a work dir, the image's kernel is ensured, then one rename + row commits it.
 - ``vm_service``  VMService: every VM request (create, start/stop/restart/kill/delete, prune, set, logs,
                   stats, connect, ports); owns the per-VM lock and the create lock; fans out multi-VM calls.

@@ -45,7 +45,7 @@ class Daemon:
         self.started_at: datetime = now()
         self.operations = Operations()
         self.kernels = KernelService(config, layout, store, self.operations)
-        self.images = ImageService(config, layout, store, self.operations, self.kernels)
+        self.images = ImageService(config, layout, store, self.operations, self.kernels, priv)
         self.network = NetworkService(config, priv, tag=ipam.daemon_tag(str(layout.state_dir)))
         self.runtimes = RuntimeService(config, layout, priv)
         self.key_path = Path(config.ssh_key_path).expanduser() if config.ssh_key_path else layout.ssh_dir / "id_ed25519"

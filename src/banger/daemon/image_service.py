@@ -26,6 +26,7 @@ from banger.daemon.locks import KeyedLock
 from banger.daemon.operations import Operations
 from banger.errors import AlreadyExists, BangerError, Cancelled, Conflict, InvalidArgument, NotFound
 from banger.host.http import sha256_file
+from banger.host.privileged import Privileged
 from banger.images import bundle, golden, oci_pull, oci_registry
 from banger.images import catalog as image_catalog
 from banger.images import local as image_store
@@ -84,8 +85,10 @@ class ImageService:
     """
 
     def __init__(self, config: Config, layout: Layout, store: Store, operations: Operations,
-                 kernels: KernelService):
+                 kernels: KernelService, priv: Privileged):
         self.config = config
+        # As the owner, builds and pulls keep file owners in a user namespace the privileged seam maps.
+        self.map_userns = priv.map_userns
         self.layout = layout
         self.store = store
         self.operations = operations
@@ -145,7 +148,8 @@ class ImageService:
     def _golden_producer(self, name: str, no_cache: bool) -> Produce:
         async def produce(dest: Path, reporter: Reporter) -> ImageManifest:
             return await golden.build_golden(dest, name=name, mirror=self.config.debian_mirror,
-                                             cache_dir=self.cache_dir, reporter=reporter, force=no_cache)
+                                             cache_dir=self.cache_dir, reporter=reporter, force=no_cache,
+                                             mapper=self.map_userns)
 
         return produce
 
@@ -171,7 +175,8 @@ class ImageService:
 
         async def from_registry(dest: Path, reporter: Reporter) -> ImageManifest:
             return await oci_pull.pull_oci(p.source, dest, cache_dir=self.cache_dir, reporter=reporter,
-                                           insecure=p.insecure, kernel_ref=self.config.default_kernel)
+                                           insecure=p.insecure, kernel_ref=self.config.default_kernel,
+                                           mapper=self.map_userns)
 
         return from_registry
 

@@ -13,6 +13,8 @@
 - ``storage``      per-VM disks: copy-on-write root disk (dm/qcow2/reflink/sparse copy), work disk.
 - ``privileged``   the one seam for root-only operations (Protocol; LocalPrivileged in process, as root;
                    RemotePrivileged asks bangerd-root over its socket, loop files as SCM_RIGHTS descriptors).
+- ``userns``       user namespaces for the owner's image work: its subordinate-id map (written by the
+                   privileged seam), the child that waits for it, becomes root inside and execs the work.
 - ``vmm``          the VMM interface (LaunchSpec, Handle, VMM protocol, driver_for) + shared process plumbing.
 - ``firecracker``  Firecracker driver: API-socket configuration, InstanceStart, Ctrl-Alt-Del stop, versions.
 - ``jail``         the jailer's layout under <state>/jail, the jailed launch, recognising a jailed VMM.

@@ -1,8 +1,8 @@
 """The one seam every root-only host operation goes through.
 
 The daemon should run as the user who owns the VMs; only a handful of operations need root (bridge, TAP,
-NAT rules, resolver routing, loop and device-mapper devices, Firecracker's jailer). Keeping them behind
-the small, explicit
+NAT rules, resolver routing, loop and device-mapper devices, the id map of a user namespace the owner's
+image work runs in, Firecracker's jailer). Keeping them behind the small, explicit
 :class:`Privileged` protocol means they can later move into a separate root helper that checks the
 caller's uid and validates every argument, without touching the services that call them.
 :class:`LocalPrivileged` is the in-process implementation, used while bangerd runs as root.
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from banger.errors import BangerError, DaemonUnavailable, PermissionDenied, ProtocolError, from_rpc_error
-from banger.host import dm, jail, loopdev, nat, net, resolved, tapfilter
+from banger.host import dm, jail, loopdev, nat, net, resolved, tapfilter, userns
+from banger.host.run import run
 from banger.host.vmm import open_append
 
 # The helper's wire: one JSON request {"op", "args"} (descriptors alongside), the writer's EOF, one JSON
@@ -55,6 +56,7 @@ class Privileged(Protocol):
     async def loops_under(self, directory: Path) -> list[str]: ...
     async def set_resolved_link_dns(self, link: str, server: str, domain: str) -> None: ...
     async def revert_resolved_link(self, link: str) -> None: ...
+    async def map_userns(self, pid: int) -> None: ...
     async def jail_firecracker(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
                                chroot_base: Path, netns: str | None, devices: list[str], console: Path) -> int: ...
 
@@ -165,6 +167,18 @@ class LocalPrivileged:
             await jail.kill_jailed(pid, where.root, f"Firecracker for {vm_id}")
             raise
         return pid
+
+    async def map_userns(self, pid: int) -> None:
+        """Map the fresh user namespace of ``pid`` onto its user's subordinate ids (banger.host.userns).
+
+        As root this writes the map itself (bangerd-root, after its policy check); a daemon run by hand as
+        a normal user, outside any unit, uses the setuid newuidmap/newgidmap instead."""
+        if os.geteuid() == 0:
+            uid = userns.process_uid(pid)
+            await asyncio.to_thread(userns.write_map, pid, userns.id_map_for(uid))
+            return
+        for argv in userns.newidmap_argv(pid, userns.id_map_for(os.getuid())):
+            await run(argv)
 
 
 def open_backing(path: Path, read_only: bool) -> int:
@@ -294,6 +308,9 @@ class RemotePrivileged:
                                        devices=list(devices)))
         finally:
             os.close(fd)
+
+    async def map_userns(self, pid: int) -> None:
+        await self.call("map_userns", pid=pid)
 
 
 def _check_helper(sock: socket.socket, path: Path) -> None:

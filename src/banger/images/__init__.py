@@ -13,6 +13,8 @@
 - ``oci_layers``: flattens layer tarballs (gzip/zstd/plain) with whiteouts, owners and escape checks.
 - ``oci_boot``: boot glue for container trees (systemd units, or ``/sbin/banger-init`` on ``/bin/sh``).
 - ``oci_pull``: ``banger image pull``: registry image -> bootable banger image.
+- ``rootless``: the golden build and the OCI flatten as the owner, in a child that is root of a user
+  namespace mapped onto the owner's subordinate ids (``host.userns``), its stages relayed as JSON lines.
 - ``agent``: banger-agent's C source, its compiler command line and where it lives in a guest.
 - ``files/``: guest files installed into images (network script and units, fstab, sshd drop-in, init).
 """

@@ -32,14 +32,16 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from banger.errors import HostError, IntegrityError
 from banger.host.ext4 import make_from_tree, size_for_tree
 from banger.host.http import download, sha256_file
 from banger.host.run import run
-from banger.images import agent
+from banger.images import agent, rootless
 from banger.images.local import copy_sparse, staging
 from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, read_manifest, utc_now, write_manifest
+from banger.images.rootless import Mapper
 from banger.images.seed import SEED_COPY, make_seed_image, mark_seeded
 from banger.names import validate_name
 from banger.progress import Reporter
@@ -252,34 +254,80 @@ async def _make_images(stage: Path, tree: Path, seed: Path, reporter: Reporter) 
     )
 
 
+AGENT_COPY = "banger-agent"  # the compiled agent, left in the stage for the image cache (OCI imports)
+
+
+async def _build_tree(stage: Path, mirror: str, mise: Path, reporter: Reporter,
+                      extra_packages: Sequence[str]) -> dict[str, Any]:
+    """mmdebstrap, customise, make both images in ``stage``; the tree itself is gone afterwards."""
+    tree, seed = stage / "tree", stage / "seed"
+    reporter.stage(f"bootstrapping debian {SUITE} (mmdebstrap)")
+    await run([*PRIVATE_MOUNTS, *mmdebstrap_argv(tree, mirror, extra_packages)], timeout=MMDEBSTRAP_TIMEOUT)
+    reporter.stage("customising the tree")
+    await _customise(tree, seed, mise)
+    await asyncio.to_thread(shutil.copyfile, tree / agent.GUEST_BINARY, stage / AGENT_COPY)
+    packages = await installed_packages(tree)
+    rootfs_sha, seed_sha = await _make_images(stage, tree, seed, reporter)
+    await asyncio.to_thread(shutil.rmtree, tree)
+    await asyncio.to_thread(shutil.rmtree, seed)
+    return {"installed": packages, "rootfs_sha256": rootfs_sha, "work_seed_sha256": seed_sha}
+
+
+async def build_task(args: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """:func:`_build_tree` as root of the owner's user namespace (banger.images.rootless)."""
+    stage = Path(args["stage"])
+    try:
+        built = await _build_tree(stage, args["mirror"], Path(args["mise"]), reporter, args["extra_packages"])
+        await asyncio.to_thread(rootless.give_back, stage / ROOTFS, stage / WORK_SEED, stage / AGENT_COPY)
+    finally:  # what only the namespace's root may delete
+        for rel in ("tree", "seed"):
+            await asyncio.to_thread(shutil.rmtree, stage / rel, True)
+    return built
+
+
 async def _build_entry(entry: Path, mirror: str, cache_dir: Path, reporter: Reporter,
-                       extra_packages: Sequence[str] = ()) -> None:
+                       extra_packages: Sequence[str] = (), mapper: Mapper | None = None) -> None:
     started = time.monotonic()
     mise = await fetch_mise(cache_dir / "downloads", reporter)
     async with staging(entry) as stage:
-        tree, seed = stage / "tree", stage / "seed"
-        reporter.stage(f"bootstrapping debian {SUITE} (mmdebstrap)")
-        await run([*PRIVATE_MOUNTS, *mmdebstrap_argv(tree, mirror, extra_packages)], timeout=MMDEBSTRAP_TIMEOUT)
-        reporter.stage("customising the tree")
-        await _customise(tree, seed, mise)
-        await asyncio.to_thread(agent.keep_binary, tree / agent.GUEST_BINARY, cache_dir)  # for OCI imports
-        packages = await installed_packages(tree)
-        rootfs_sha, seed_sha = await _make_images(stage, tree, seed, reporter)
-        await asyncio.to_thread(shutil.rmtree, tree)
-        await asyncio.to_thread(shutil.rmtree, seed)
+        if os.geteuid() == 0:
+            built = await _build_tree(stage, mirror, mise, reporter, extra_packages)
+        else:
+            built = await _build_as_owner(stage, mirror, mise, reporter, extra_packages, mapper)
+        await asyncio.to_thread(agent.keep_binary, stage / AGENT_COPY, cache_dir)  # for OCI imports
+        (stage / AGENT_COPY).unlink()
         extra = {
             "suite": SUITE,
             "mirror": mirror,
             "packages": [*PACKAGES, *extra_packages],
-            "installed": packages,
+            "installed": built["installed"],
             "inputs_hash": entry.name,
             "recipe_version": RECIPE_VERSION,
             "mise_version": MISE_VERSION,
-            "work_seed_sha256": seed_sha,
+            "work_seed_sha256": built["work_seed_sha256"],
             "built_at": utc_now(),
             "build_seconds": round(time.monotonic() - started, 1),
         }
-        write_manifest(stage, _manifest("debian-bookworm", stage, rootfs_sha, extra))
+        write_manifest(stage, _manifest("debian-bookworm", stage, built["rootfs_sha256"], extra))
+
+
+async def _build_as_owner(stage: Path, mirror: str, mise: Path, reporter: Reporter,
+                          extra_packages: Sequence[str], mapper: Mapper | None) -> dict[str, Any]:
+    """The build as root of the owner's user namespace: mmdebstrap's root mode works there (it falls back
+    to bind mounts for /dev and /sys), and every file owner in the tree comes out as Debian made it."""
+    if mapper is None:
+        raise HostError(
+            "building the golden image as a normal user needs a user namespace mapper",
+            hint="run the build through banger's system install (bangerd-root maps the namespace), or as root",
+        )
+    args = {"stage": str(stage), "mirror": mirror, "mise": str(mise), "extra_packages": list(extra_packages)}
+    try:
+        return dict(await rootless.in_userns("golden_build", args, mapper, reporter,
+                                             timeout=MMDEBSTRAP_TIMEOUT * 2))
+    except BaseException:
+        for rel in ("tree", "seed"):  # owned by subordinate ids: only the namespace's root may delete them
+            await rootless.remove(stage / rel, mapper)
+        raise
 
 
 def _manifest(name: str, image_dir: Path, rootfs_sha: str, extra: dict[str, object]) -> ImageManifest:
@@ -325,14 +373,6 @@ async def _install(entry: Path, dest: Path, name: str, reporter: Reporter) -> Im
     return manifest
 
 
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise HostError(
-            "building the golden image needs root (mmdebstrap --mode=root keeps file owners exact)",
-            hint="run the build through the daemon's privileged helper, or import a bundle instead",
-        )
-
-
 async def build_golden(
     dest: Path,
     *,
@@ -342,13 +382,15 @@ async def build_golden(
     reporter: Reporter,
     force: bool = False,
     extra_packages: Sequence[str] = (),
+    mapper: Mapper | None = None,
 ) -> ImageManifest:
     """Build (or reuse from ``cache_dir``) the golden image and write it to ``dest``, which must not exist.
 
     ``dest`` receives ``rootfs.ext4``, ``work-seed.ext4`` and ``manifest.json``; ``force`` rebuilds even
     when a cached build with the same inputs exists. Nothing is left at ``dest`` on failure.
     ``extra_packages`` makes a variant (e.g. a KVM host with qemu-system-x86 for the nested test tier); give
-    it a ``cache_dir`` of its own, as a build prunes the other builds in its cache.
+    it a ``cache_dir`` of its own, as a build prunes the other builds in its cache. As a normal user the
+    build runs in a user namespace that ``mapper`` maps (the privileged seam's ``map_userns``).
     """
     validate_name("image", name)
     entry = cache_dir / "golden" / inputs_hash(mirror, extra_packages)
@@ -357,9 +399,8 @@ async def build_golden(
     if _cached(entry):
         reporter.log(f"reusing cached golden build {entry.name[:12]} (inputs unchanged)")
     else:
-        _require_root()
         try:
-            await _build_entry(entry, mirror, cache_dir, reporter, extra_packages)
+            await _build_entry(entry, mirror, cache_dir, reporter, extra_packages, mapper)
         except HostError as exc:
             exc.hint = exc.hint or f"check that the Debian mirror {mirror} is reachable and complete"
             raise

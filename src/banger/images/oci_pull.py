@@ -15,14 +15,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from banger.errors import AlreadyExists, InvalidArgument
+from banger.errors import AlreadyExists, HostError, InvalidArgument
 from banger.host.ext4 import make_from_tree, size_for_tree
 from banger.host.http import sha256_file
-from banger.images import agent
+from banger.images import agent, rootless
 from banger.images.manifest import ROOTFS, WORK_SEED, ImageManifest, write_manifest
 from banger.images.oci_boot import BootPlan, exists, inside, install_glue
 from banger.images.oci_layers import Budget, apply_layer
 from banger.images.oci_registry import BlobCache, ImageManifestRef, RegistryClient, parse_reference
+from banger.images.rootless import Mapper
 from banger.images.seed import mark_seeded
 from banger.progress import Reporter
 from banger.threads import in_thread
@@ -57,8 +58,12 @@ async def pull_oci(
     reporter: Reporter,
     insecure: bool = False,
     kernel_ref: str = "debian-6.1",
+    mapper: Mapper | None = None,
 ) -> ImageManifest:
-    """Pull ``ref`` into the image directory ``dest`` (which must not exist) and return its manifest."""
+    """Pull ``ref`` into the image directory ``dest`` (which must not exist) and return its manifest.
+
+    As root the layers are flattened here; otherwise in a user namespace that ``mapper`` maps (the
+    privileged seam's ``map_userns``), so the image's file owners survive either way."""
     parsed = parse_reference(ref, insecure=insecure)
     if os.path.lexists(dest):
         raise AlreadyExists(f"{dest} already exists", hint="remove the image first or pick another name")
@@ -73,14 +78,47 @@ async def pull_oci(
             blobs = await fetch_blobs(registry, image, reporter)
         config = _image_config(blobs[0])
         agent_binary = await agent.host_binary(cache_dir, reporter)
-        manifest = await build(staging, image, blobs[1:], reporter, name=dest.name, kernel_ref=kernel_ref,
-                               agent_binary=agent_binary)
+        digests = [d.digest for d in image.layers]
+        if os.geteuid() == 0:
+            manifest = await build(staging, digests, blobs[1:], reporter, name=dest.name, kernel_ref=kernel_ref,
+                                   agent_binary=agent_binary)
+        else:  # the owner: layer owners and modes kept inside its user namespace
+            manifest = await _build_as_owner(staging, digests, blobs[1:], reporter, name=dest.name,
+                                             kernel_ref=kernel_ref, agent_binary=agent_binary, mapper=mapper)
         manifest.extra["oci"] = _oci_facts(str(parsed), image, config)
         write_manifest(staging / "out", manifest)
         os.rename(staging / "out", dest)
         return manifest
     finally:
         await in_thread(shutil.rmtree, staging, True)
+        if os.path.lexists(staging) and os.geteuid() != 0 and mapper is not None:
+            await rootless.remove(staging, mapper)  # a failed flatten's files, owned by subordinate ids
+
+
+async def _build_as_owner(staging: Path, digests: list[str], layers: list[Path], reporter: Reporter, *,
+                          name: str, kernel_ref: str, agent_binary: Path | None, mapper: Mapper | None
+                          ) -> ImageManifest:
+    if mapper is None:
+        raise HostError("pulling an OCI image as a normal user needs a user namespace mapper",
+                        hint="run banger through its system install (bangerd-root maps the namespace)")
+    args = {"staging": str(staging), "digests": digests, "layers": [str(p) for p in layers], "name": name,
+            "kernel_ref": kernel_ref, "agent_binary": str(agent_binary) if agent_binary else None}
+    result = await rootless.in_userns("oci_build", args, mapper, reporter)
+    return ImageManifest.model_validate(result)
+
+
+async def build_task(args: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """:func:`build` as root of the owner's user namespace (banger.images.rootless); ``out`` handed back."""
+    staging = Path(args["staging"])
+    try:
+        manifest = await build(staging, list(args["digests"]), [Path(p) for p in args["layers"]], reporter,
+                               name=args["name"], kernel_ref=args["kernel_ref"],
+                               agent_binary=Path(args["agent_binary"]) if args["agent_binary"] else None)
+        await in_thread(rootless.give_back, staging / "out")
+    finally:  # what only the namespace's root may delete
+        for rel in ("tree", "seed"):
+            await in_thread(shutil.rmtree, staging / rel, True)
+    return manifest.model_dump(mode="json")
 
 
 async def fetch_blobs(registry: RegistryClient, image: ImageManifestRef, reporter: Reporter) -> list[Path]:
@@ -113,18 +151,18 @@ def _image_config(path: Path) -> dict[str, Any]:
 
 
 async def build(
-    staging: Path, image: ImageManifestRef, layers: list[Path], reporter: Reporter, *, name: str, kernel_ref: str,
+    staging: Path, digests: list[str], layers: list[Path], reporter: Reporter, *, name: str, kernel_ref: str,
     agent_binary: Path | None = None,
 ) -> ImageManifest:
-    """Flatten ``layers`` into ``staging/tree``, add the glue (and ``agent_binary``, a static banger-agent),
-    and write the two disks to ``staging/out``."""
+    """Flatten ``layers`` (whose digests are ``digests``) into ``staging/tree``, add the glue (and
+    ``agent_binary``, a static banger-agent), and write the two disks to ``staging/out``."""
     tree, seed, out = staging / "tree", staging / "seed", staging / "out"
     tree.mkdir(mode=0o755)
     out.mkdir()
     reporter.stage(f"unpacking {len(layers)} layers")
     budget = Budget()
-    for i, (desc, blob) in enumerate(zip(image.layers, layers, strict=True)):
-        await in_thread(partial(apply_layer, tree, blob, layer=desc.digest, reporter=reporter, budget=budget))
+    for i, (digest, blob) in enumerate(zip(digests, layers, strict=True)):
+        await in_thread(partial(apply_layer, tree, blob, layer=digest, reporter=reporter, budget=budget))
         reporter.progress(i + 1, len(layers))
     reporter.stage("adding banger boot glue")
     plan = await in_thread(install_glue, tree, reporter, agent_binary)

@@ -7,7 +7,8 @@ Modules:
               ``install.toml`` and the root-owned config, makes its runtime dir, serves until SIGTERM.
 - ``policy``  Policy: every argument of every operation checked against banger's own configuration (the
               bridge and CIDR, TAP prefix, banger's nftables table, loop files under the state dir passed as
-              descriptors, dm devices only over loops of such files, resolver routing only on the bridge).
+              descriptors, dm devices only over loops of such files, resolver routing only on the bridge,
+              id maps only for an owner's fresh user namespace, and only the owner's subordinate block).
 - ``server``  the socket (``bangerd-root.sock``: dir 0711, socket 0600 owned by the owner): SO_PEERCRED
               allows uid 0 and the owner only; one request per connection; the operations run one at a time.
 

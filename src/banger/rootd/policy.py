@@ -17,7 +17,7 @@ from typing import Any
 from banger import ipam
 from banger.config import Config
 from banger.errors import HostError, PermissionDenied
-from banger.host import dm, jail, loopdev
+from banger.host import dm, jail, loopdev, userns
 from banger.host.run import which
 
 VM_ID_RE = re.compile(r"^[0-9a-f]{12}$")
@@ -150,6 +150,27 @@ class Policy:
         if ident is None or ident not in self.state_files():
             raise refuse(f"loop device {device}", f"only loops over files under {self.state_dir}")
         return device
+
+    def check_userns_pid(self, pid: Any) -> int:
+        """An owner's process, all four uids the owner's, alone in a user namespace nobody has mapped yet.
+
+        The map written is never the caller's: it is the owner's own subordinate block (banger.host.userns),
+        so at worst an owner's process gets ids the owner was already given."""
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+            raise refuse(f"pid {pid!r}", "a process id")
+        try:
+            uid = userns.process_uid(pid)
+            ns, ours = userns.user_ns(pid), userns.user_ns(os.getpid())
+            mapped = Path(f"/proc/{pid}/uid_map").read_text().strip()
+        except (OSError, StopIteration, HostError) as exc:
+            raise refuse(f"mapping pid {pid}", f"cannot read the process: {exc}") from exc
+        if uid != self.owner_uid:
+            raise refuse(f"mapping pid {pid}", f"it runs as uid {uid}, not the owner {self.owner_uid}")
+        if ns == ours:
+            raise refuse(f"mapping pid {pid}", "it is in the host's user namespace, not a new one")
+        if mapped:
+            raise refuse(f"mapping pid {pid}", "its user namespace is already mapped")
+        return pid
 
     # --- the jailer ----------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class RootHelper:
             "set_resolved_link_dns": ({"link", "server", "domain"}, self._route_dns),
             "revert_resolved_link": ({"link"}, lambda a, _: self.local.revert_resolved_link(
                 p.check_bridge(a.get("link")))),
+            "map_userns": ({"pid"}, lambda a, _: self.local.map_userns(p.check_userns_pid(a.get("pid")))),
             "jail_firecracker": ({"vm_id", "jailer", "exec_file", "uid", "gid", "chroot_base", "netns", "devices"},
                                  self._jail_firecracker),
         }

@@ -133,8 +133,11 @@ class SystemInstall:
         unit = self.unit("bangerd.service")
         assert unit["User"] == self.owner
         where = self.netns if netns is True else (netns or None)
-        self.daemon = self._start(self._as_owner(shlex.split(unit["ExecStart"])), self.inst.layout.socket, where,
-                                  "daemon")
+        # As the unit confines it: NoNewPrivileges=yes, CapabilityBoundingSet= (empty), AmbientCapabilities=.
+        assert unit["NoNewPrivileges"] == "yes" and unit["CapabilityBoundingSet"] == ""
+        confined = ["--no-new-privs", "--bounding-set=-all", "--inh-caps=-all"]
+        argv = self._as_owner([*confined, *shlex.split(unit["ExecStart"])])
+        self.daemon = self._start(argv, self.inst.layout.socket, where, "daemon")
         return self.daemon
 
     def _start(self, argv: list[str], sock: Path, netns: str | None, what: str) -> subprocess.Popen[bytes]:
