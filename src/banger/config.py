@@ -35,7 +35,7 @@ Example (all values shown are the defaults)::
     guest = ".config/gh/hosts.yml"     # under /root
     mode = "0600"
 
-``jailer``: ``true`` jails every Firecracker (chroot under ``<state>/jail``, fresh mount and pid namespaces, the
+``jailer``: ``true`` jails every Firecracker (chroot under ``<state>-jail``, root's, fresh mount and pid namespaces, the
 daemon's own user) and makes a Firecracker launch fail when the jailer cannot be used; ``false`` never jails;
 ``auto`` jails when ``jailer_bin`` is found and root is at hand (the daemon is root, or bangerd-root serves a
 system install), and otherwise runs plain Firecracker, saying why in the runtime note.

@@ -199,6 +199,33 @@ def _user_name() -> str:
         return "USER"
 
 
+def check_jailer(cfg: Config) -> Check:
+    """The jailer as ``jailer = auto|true|false`` will use it (a WARN unless ``jailer = true`` needs it)."""
+    if cfg.jailer is False:
+        return _ok("jailer", "jailer = false: Firecracker runs unjailed", required=False)
+    path = which(cfg.jailer_bin) if not os.path.isabs(cfg.jailer_bin) else cfg.jailer_bin
+    fix = "`scripts/setup.sh --firecracker` installs the pinned v1.12.1 jailer beside Firecracker"
+    if path is None or not os.access(path, os.X_OK):
+        return _bad("jailer", f"{cfg.jailer_bin!r} not found: Firecracker would run unjailed", fix,
+                    required=cfg.jailer is True)
+    return _ok("jailer", f"{path}: Firecracker runs chrooted under it (jailer = {cfg.jailer!r})", required=False)
+
+
+def check_subids() -> Check:
+    """A normal user's image builds and registry pulls need a block of subordinate ids (banger.host.userns)."""
+    from banger.errors import HostError
+    from banger.host import userns
+
+    if os.geteuid() == 0:
+        return _ok("subordinate ids", "running as root: image work needs none", required=False)
+    try:
+        ids = userns.id_map_for(os.geteuid())
+    except HostError as exc:
+        return _bad("subordinate ids", exc.message, exc.hint or "", required=False)
+    return _ok("subordinate ids", f"uids {ids.subuid}+{userns.BLOCK}, gids {ids.subgid}+{userns.BLOCK} for image "
+               "builds and registry pulls", required=False)
+
+
 def run_checks(cfg: Config, layout: Layout) -> list[Check]:
     """Every check, in the order shown."""
     checks: list[Callable[[], Check | list[Check]]] = [
@@ -206,6 +233,8 @@ def run_checks(cfg: Config, layout: Layout) -> list[Check]:
         check_arch,
         check_kvm,
         lambda: check_firecracker(cfg),
+        lambda: check_jailer(cfg),
+        check_subids,
         lambda: check_tool("qemu", cfg.qemu_bin, "apt-get install qemu-system-x86", required=False,
                            version_args=["--version"]),
         lambda: _vmm_available(cfg),

@@ -26,13 +26,17 @@ from pathlib import Path
 
 from banger import __version__, install
 from banger.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from banger.host.jail import jail_base
 
 ROOT_UNIT = "bangerd-root.service"
 OWNER_UNIT = "bangerd.service"
 # What the helper needs and nothing more: links, TAPs and nft (NET_ADMIN); loop and dm ioctls (SYS_ADMIN);
 # dm nodes without udev (MKNOD); handing the socket and dm nodes to the owner (CHOWN, FOWNER); reopening
-# the owner's 0600 backing files through /proc/self/fd (DAC_OVERRIDE).
-ROOT_CAPS = "CAP_NET_ADMIN CAP_SYS_ADMIN CAP_MKNOD CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE"
+# the owner's 0600 backing files through /proc/self/fd (DAC_OVERRIDE); writing the id map of an owner's
+# user namespace (SETUID, SETGID); the jailer's pivot into its chroot and its drop to the owner (SYS_ADMIN,
+# SYS_CHROOT, SETUID, SETGID, and MKNOD/CHOWN for /dev/kvm and /dev/net/tun in the jail).
+ROOT_CAPS = ("CAP_NET_ADMIN CAP_SYS_ADMIN CAP_MKNOD CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_SETUID CAP_SETGID "
+             "CAP_SYS_CHROOT")
 
 
 def layout_for(prefix: Path, owner: str) -> install.Install:
@@ -75,6 +79,9 @@ Before={OWNER_UNIT}
 Type=simple
 ExecStart={root_cmd}
 Restart=on-failure
+# Jailed Firecrackers are the jailer's children, so they stay in this unit's cgroup: a restart of the helper
+# must not take the owner's VMs down with it (the helper itself keeps no state).
+KillMode=process
 NoNewPrivileges=yes
 CapabilityBoundingSet={ROOT_CAPS}
 ProtectHome=yes
@@ -260,7 +267,8 @@ def do_uninstall(record: Path, *, purge: bool) -> list[Path]:
         if path.exists():
             path.unlink()
             removed.append(path)
-    for d in (inst.runtime_dir, inst.root_runtime_dir, *((inst.state_dir, inst.cache_dir) if purge else ())):
+    jails = jail_base(inst.state_dir)  # root's, beside the state dir (banger.host.jail)
+    for d in (inst.runtime_dir, inst.root_runtime_dir, *((inst.state_dir, jails, inst.cache_dir) if purge else ())):
         if d.exists():
             shutil.rmtree(d)
             removed.append(d)

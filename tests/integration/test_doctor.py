@@ -9,7 +9,7 @@ from banger.testing.daemon import Home
 
 EXPECTED = {"architecture", "kvm", "firecracker", "qemu", "vmm", "e2fsprogs", "debugfs", "mmdebstrap", "nft",
             "ssh client", "git", "loop devices", "device-mapper", "state store", "default image",
-            "default kernel", "gpgv", "qemu-img"}
+            "default kernel", "gpgv", "qemu-img", "jailer", "subordinate ids"}
 
 
 def test_doctor_reports_every_check(home: Home) -> None:
@@ -49,3 +49,15 @@ def test_doctor_fails_when_a_required_tool_is_missing(home: Home, tmp_path) -> N
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert checks["git"]["status"] == "FAIL" and "apt-get install git" in checks["git"]["fix"]
     assert proc.returncode == 1
+
+
+def test_doctor_names_the_jailer_it_would_use_and_fails_only_when_it_is_required(home: Home) -> None:
+    config = home.layout.config_file
+    config.parent.mkdir(parents=True, exist_ok=True)
+    for setting, status in (('"auto"', "WARN"), ("true", "FAIL"), ("false", "PASS")):
+        config.write_text(f'jailer = {setting}\njailer_bin = "/nonexistent/jailer"\n')
+        checks = {c["name"]: c for c in json.loads(home.cli("doctor", "--json").stdout)}
+        assert checks["jailer"]["status"] == status, checks["jailer"]
+        if status != "PASS":
+            assert "setup.sh --firecracker" in checks["jailer"]["fix"]
+    config.unlink()

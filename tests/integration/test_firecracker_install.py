@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from banger.host import firecracker_release as release
-from banger.testing.firecracker import firecracker_binary
+from banger.testing.firecracker import firecracker_binary, jailer_binary
 
 
 def _tarball(path: Path, members: dict[str, bytes]) -> None:
@@ -33,21 +33,33 @@ def test_the_official_layout_with_the_pinned_binary_installs(served: tuple[Path,
                                                              banger_test_cache: Path) -> None:
     root, base = served
     binary = firecracker_binary(banger_test_cache).read_bytes()
-    _tarball(root / "fc.tgz", {release.MEMBER: binary, f"release-v{release.VERSION}-x86_64/jailer": b"jail"})
+    jailer = jailer_binary(banger_test_cache).read_bytes()
+    _tarball(root / "fc.tgz", {release.MEMBER: binary, release.JAILER_MEMBER: jailer,
+                               f"release-v{release.VERSION}-x86_64/seccompiler-bin": b"other"})
     dest = tmp_path / "bin/firecracker"
     proc = _install(f"{base}/fc.tgz", dest)
     assert proc.returncode == 0, proc.stderr
     assert dest.read_bytes() == binary and dest.stat().st_mode & 0o777 == 0o755
+    assert (dest.parent / "jailer").read_bytes() == jailer and (dest.parent / "jailer").stat().st_mode & 0o777 == 0o755
     assert subprocess.run([str(dest), "--version"], capture_output=True, text=True).stdout.startswith(
         f"Firecracker v{release.VERSION}")
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["firecracker"]  # no staging left
+    assert subprocess.run([str(dest.parent / "jailer"), "--version"], capture_output=True,
+                          text=True).stdout.startswith(f"Jailer v{release.VERSION}")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["firecracker", "jailer"]  # no staging left
 
 
-@pytest.mark.parametrize("case", ["tampered", "wrong layout", "not a tarball", "missing"])
-def test_anything_else_installs_nothing(served: tuple[Path, str], tmp_path: Path, case: str) -> None:
+@pytest.mark.parametrize("case", ["tampered", "tampered jailer", "no jailer", "wrong layout", "not a tarball",
+                                  "missing"])
+def test_anything_else_installs_nothing(served: tuple[Path, str], tmp_path: Path, case: str,
+                                        banger_test_cache: Path) -> None:
     root, base = served
+    binary = firecracker_binary(banger_test_cache).read_bytes()
     if case == "tampered":
         _tarball(root / "fc.tgz", {release.MEMBER: b"#!/bin/sh\necho owned\n"})
+    elif case == "tampered jailer":  # a good firecracker is not installed beside a bad jailer either
+        _tarball(root / "fc.tgz", {release.MEMBER: binary, release.JAILER_MEMBER: b"#!/bin/sh\necho owned\n"})
+    elif case == "no jailer":
+        _tarball(root / "fc.tgz", {release.MEMBER: binary})
     elif case == "wrong layout":
         _tarball(root / "fc.tgz", {"firecracker": b"x"})
     elif case == "not a tarball":
@@ -56,6 +68,6 @@ def test_anything_else_installs_nothing(served: tuple[Path, str], tmp_path: Path
     proc = _install(f"{base}/fc.tgz", dest)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("firecracker: "), proc.stderr
-    if case == "tampered":
+    if case.startswith("tampered"):
         assert "not the pinned" in proc.stderr
     assert not dest.exists() and list(dest.parent.iterdir()) == []

@@ -84,7 +84,7 @@ def state(tmp_path: Path) -> Iterator[Path]:
     path = Path(f"/tmp/bj-{os.getpid()}-{tmp_path.name[-6:]}")
     path.mkdir()
     yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
+    subprocess.run(["rm", "-rf", str(path), str(jails.jail_base(path))], check=False)
 
 
 async def test_jailed_firecracker_runs_as_its_user_in_the_chroot(binaries: tuple[str, str], state: Path) -> None:
@@ -215,7 +215,7 @@ async def test_the_sweep_kills_an_unrecorded_jailed_vmm_and_removes_stale_jails(
     try:
         assert sweep.kill_jailed_orphans(layout, {kept.pid}) == [orphan.pid]
         assert not vmm.is_alive(orphan) and vmm.is_alive(kept)
-        removed = sweep.remove_stale_jails(layout, {"aaaaaaaaaaaa"})
+        removed = await sweep.remove_stale_jails(layout, LocalPrivileged(), {"aaaaaaaaaaaa"})
         assert sorted(p.name for p in removed) == ["0123456789ab", "bbbbbbbbbbbb"]
         assert [p.name for p in (jails.jail_base(state) / "firecracker").iterdir()] == ["aaaaaaaaaaaa"]
         assert await vmm.adopt(kept)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,16 +44,6 @@ def ask(sysi: SystemInstall, op: str, fds: tuple[int, ...] = (), **args: Any) ->
     return asyncio.run(RemotePrivileged(sysi.inst.root_socket).call(op, fds, **args))
 
 
-def owned_jail(sysi: SystemInstall, vm_id: str = VM_ID) -> jails.JailPaths:
-    """What the owner daemon makes before asking: its own chroot directory under <state>/jail."""
-    inst = sysi.inst
-    where = jails.JailPaths(jails.jail_base(inst.state_dir), vm_id)
-    where.root.mkdir(parents=True, exist_ok=True)
-    for path in (where.base, where.base / "firecracker", where.dir, where.root):
-        os.chown(path, inst.owner_uid, inst.owner_gid)
-    return where
-
-
 def owned_console(sysi: SystemInstall, owner: bool = True) -> int:
     path = sysi.inst.state_dir / ("console.log" if owner else "root-console.log")
     path.touch()
@@ -63,34 +52,52 @@ def owned_console(sysi: SystemInstall, owner: bool = True) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND)
 
 
-def good_args(sysi: SystemInstall) -> dict[str, Any]:
+def owned_file(sysi: SystemInstall, name: str, owner: bool = True) -> Path:
+    path = sysi.inst.state_dir / name
+    path.write_bytes(b"\0" * 4096)
+    if owner:
+        os.chown(path, sysi.inst.owner_uid, sysi.inst.owner_gid)
+    return path
+
+
+def good_args(sysi: SystemInstall, vm_id: str = VM_ID) -> dict[str, Any]:
     inst = sysi.inst
     cache = sysi.test_cache  # type: ignore[attr-defined]
-    return {"vm_id": VM_ID, "jailer": os.path.realpath(jailer_binary(cache)),
+    return {"vm_id": vm_id, "jailer": os.path.realpath(jailer_binary(cache)),
             "exec_file": os.path.realpath(firecracker_binary(cache)), "uid": inst.owner_uid,
             "gid": inst.owner_gid, "chroot_base": str(jails.jail_base(inst.state_dir)), "netns": sysi.netns,
-            "devices": []}
+            "files": [], "devices": []}
 
 
 def test_the_owner_gets_a_jailed_firecracker_running_as_itself(system: SystemInstall) -> None:
-    where = owned_jail(system)
-    console = owned_console(system)
+    """The helper makes the jail itself, root's all the way down to ``root`` (which the jailer hands to the
+    owner only after its pivot), links in the file the owner passed as a descriptor, and the jail goes with
+    ``remove_jail``."""
+    inst = system.inst
+    kernel = owned_file(system, "vmlinux-test")
+    console, kfd = owned_console(system), os.open(kernel, os.O_RDONLY)
+    where = jails.JailPaths(jails.jail_base(inst.state_dir), VM_ID)
     try:
-        pid = ask(system, "jail_firecracker", (console,), **good_args(system))
+        pid = ask(system, "jail_firecracker", (console, kfd),
+                  **{**good_args(system), "files": [["vmlinux", str(kernel)]]})
     finally:
         os.close(console)
+        os.close(kfd)
     try:
         uids = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")]
-        assert uids[0].split()[1:] == [str(system.inst.owner_uid)] * 4
+        assert uids[0].split()[1:] == [str(inst.owner_uid)] * 4
         assert jails.process_in(pid, where.root)
         info = asyncio.run(FirecrackerAPI(where.root / "firecracker.sock").get("/"))
         assert info["id"] == VM_ID
+        for d in (where.base.parent, where.base, where.base / "firecracker", where.dir):
+            st = d.lstat()
+            assert st.st_uid == 0 and st.st_mode & 0o022 == 0, f"{d} is not root's alone"
+        assert (where.root / "vmlinux").stat().st_ino == kernel.stat().st_ino  # the very inode, linked
     finally:
         asyncio.run(jails.kill_jailed(pid, where.root, "test firecracker"))
-    # Everything in the jail is the owner's, so the owner daemon can remove it without the helper.
-    assert all(p.lstat().st_uid in (system.inst.owner_uid, 0) for p in where.dir.rglob("*"))
-    assert {p.lstat().st_uid for p in where.root.iterdir()} <= {system.inst.owner_uid, 0}
-    shutil.rmtree(where.dir)
+    ask(system, "remove_jail", vm_id=VM_ID, chroot_base=str(where.base))
+    assert not where.dir.exists()
+    kernel.unlink()
 
 
 REFUSALS: dict[str, dict[str, Any]] = {
@@ -106,13 +113,20 @@ REFUSALS: dict[str, dict[str, Any]] = {
     "a disk device": {"devices": ["/dev/sda"]},
     "a dm device outside banger's names": {"devices": ["/dev/mapper/cryptroot"]},
     "too many devices": {"devices": ["/dev/loop0"] * 9},
+    "a file named without a descriptor": {"files": [["vmlinux", "/etc/shadow"]]},
     "an unknown argument": {"argv": ["--no-seccomp"]},
 }
 
 
+def _nothing_made(sysi: SystemInstall) -> None:
+    base = jails.jail_base(sysi.inst.state_dir)
+    assert jails.jailed_pids(base) == {}
+    assert not (base / "firecracker").exists() or not any((base / "firecracker").iterdir())
+    assert not Path("/etc/firecracker").exists() and not Path("/etc/dev/kvm").exists()
+
+
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_helper_refuses_out_of_policy_jail_arguments(system: SystemInstall, case: str) -> None:
-    owned_jail(system)
     args = {**good_args(system), **REFUSALS[case]}
     if args["chroot_base"] == "STATE":
         args["chroot_base"] = str(system.inst.state_dir)
@@ -122,28 +136,55 @@ def test_helper_refuses_out_of_policy_jail_arguments(system: SystemInstall, case
             ask(system, "jail_firecracker", (console,), **args)
     finally:
         os.close(console)
-    assert jails.jailed_pids(jails.jail_base(system.inst.state_dir)) == {}
+    _nothing_made(system)
 
 
-@pytest.mark.parametrize("case", ["no descriptor", "root's console", "a symlinked jail", "a jail of root's"])
-def test_helper_refuses_consoles_and_jails_it_cannot_trust(system: SystemInstall, case: str) -> None:
-    where = owned_jail(system, "ba5eba11cafe")
-    args = {**good_args(system), "vm_id": "ba5eba11cafe"}
-    fds: tuple[int, ...] = ()
-    if case != "no descriptor":
-        fds = (owned_console(system, owner=case != "root's console"),)
-    if case == "a symlinked jail":
-        shutil.rmtree(where.root)
-        where.root.symlink_to("/etc")
-    elif case == "a jail of root's":
-        os.chown(where.root, 0, 0)
+@pytest.mark.parametrize("case", ["no descriptor", "root's console", "a file outside the state dir",
+                                  "a file of root's", "a descriptor of another file than named",
+                                  "a file name banger does not use", "a name given twice"])
+def test_helper_refuses_consoles_and_files_it_cannot_trust(system: SystemInstall, case: str) -> None:
+    args = {**good_args(system)}
+    mine = owned_file(system, "mine.img")
+    fds: list[int] = []
     try:
+        if case != "no descriptor":
+            fds.append(owned_console(system, owner=case != "root's console"))
+        if case == "a file outside the state dir":
+            fds.append(os.open("/etc/hostname", os.O_RDONLY))
+            args["files"] = [["vmlinux", "/etc/hostname"]]
+        elif case == "a file of root's":
+            theirs = owned_file(system, "roots.img", owner=False)
+            fds.append(os.open(theirs, os.O_RDONLY))
+            args["files"] = [["vda", str(theirs)]]
+        elif case == "a descriptor of another file than named":
+            fds.append(os.open("/etc/hostname", os.O_RDONLY))
+            args["files"] = [["vda", str(mine)]]
+        elif case == "a file name banger does not use":
+            fds.append(os.open(mine, os.O_RDONLY))
+            args["files"] = [["../../etc/passwd", str(mine)]]
+        elif case == "a name given twice":
+            fds += [os.open(mine, os.O_RDONLY), os.open(mine, os.O_RDONLY)]
+            args["files"] = [["vda", str(mine)], ["vda", str(mine)]]
         with pytest.raises(PermissionDenied, match="bangerd-root refuses"):
-            ask(system, "jail_firecracker", fds, **args)
+            ask(system, "jail_firecracker", tuple(fds), **args)
     finally:
         for fd in fds:
             os.close(fd)
-        if where.root.is_symlink():
-            where.root.unlink()
-        shutil.rmtree(where.dir, ignore_errors=True)
-    assert not Path("/etc/firecracker").exists() and not Path("/etc/dev/kvm").exists()
+    _nothing_made(system)
+
+
+def test_a_jail_base_the_owner_could_change_is_never_used(system: SystemInstall) -> None:
+    """Were the base (or its parent) writable by the owner, a swapped-in symlink could send the jailer's
+    copy and chown onto a host file: the helper stops before the jailer runs, and makes nothing."""
+    inst = system.inst
+    base = jails.jail_base(inst.state_dir)
+    base.mkdir(mode=0o711, exist_ok=True)
+    os.chown(base, inst.owner_uid, inst.owner_gid)
+    console = owned_console(system)
+    try:
+        with pytest.raises(Exception, match="must be root's"):
+            ask(system, "jail_firecracker", (console,), **good_args(system))
+    finally:
+        os.close(console)
+        os.chown(base, 0, 0)
+    _nothing_made(system)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from banger.host.ext4 import debugfs
+from banger.host.jail import jail_base
 from banger.testing.netns import NetNS
 from banger.testing.repos import committed_repo
 from banger.testing.system import SystemInstall, made_user
@@ -99,6 +100,16 @@ def _run(sysi: SystemInstall, ns: NetNS, uid: int, gid: int, cache: Path) -> Non
     shadow = asyncio.run(debugfs(rootfs, "stat /etc/shadow"))
     assert "User:     0   Group:    42" in shadow and "Mode:  0640" in shadow, shadow  # root:shadow, as Debian
     assert "Mode:  04755" in asyncio.run(debugfs(rootfs, "stat /usr/bin/sudo"))
+    # A bundle round trip as the owner: export, then pull the file back under another name.
+    bundles = sysi.prefix / "bundles"
+    bundles.mkdir()
+    os.chown(bundles, uid, gid)
+    sysi.cli("image", "export", "debian-bookworm", "-o", str(bundles), netns=False, check=True, timeout=900)
+    bundle = next(bundles.glob("*.tar.zst"))
+    sysi.cli("image", "pull", str(bundle), "--name", "from-bundle", netns=False, check=True, timeout=900)
+    assert "from-bundle" in sysi.cli("image", "list", netns=False, check=True).stdout
+    sysi.cli("image", "delete", "from-bundle", netns=False, check=True)
+    shutil.rmtree(bundles)
     sysi.stop(sysi.daemon)
     for d in (inst.state_dir, inst.cache_dir):  # nothing left owned by the subordinate ids
         strays = [str(p) for p in (d, *d.rglob("*")) if p.lstat().st_uid != uid]
@@ -182,7 +193,8 @@ def _run(sysi: SystemInstall, ns: NetNS, uid: int, gid: int, cache: Path) -> Non
 
     removed = sysi.root_cli("system", "uninstall", "--purge", check=True)
     assert "removed" in removed.stdout
-    for d in (inst.config_file.parent, inst.state_dir, inst.cache_dir, inst.runtime_dir, inst.root_runtime_dir):
+    for d in (inst.config_file.parent, inst.state_dir, jail_base(inst.state_dir), inst.cache_dir, inst.runtime_dir,
+              inst.root_runtime_dir):
         assert not d.exists(), f"{d} is left after uninstall --purge"
     assert not any(inst.units_dir.iterdir())
     shutil.rmtree(sysi.prefix / "repo")

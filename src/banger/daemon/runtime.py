@@ -55,7 +55,7 @@ class RuntimeService:
 
     def driver(self, runtime: str) -> VMM:
         if runtime == "firecracker":
-            return FirecrackerVMM(self.config.firecracker_bin, jail=self.jail())
+            return FirecrackerVMM(self.config.firecracker_bin, jail=self.jail(), priv=self.priv)
         return driver_for(runtime, firecracker_bin=self.config.firecracker_bin, qemu_bin=self.config.qemu_bin)
 
     def jail(self) -> Jail | None:

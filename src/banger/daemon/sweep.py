@@ -5,7 +5,7 @@ Run once by ``reconcile.adopt_all`` after running VMs are re-adopted, before the
 - VMM processes whose command line names a path under ``<state>/vms`` but that no adopted VM owns (one
   spawned just before a crash, before its ``handles.json`` was written) are killed, and so are QEMUs of
   snapshot template builds (``<state>/templates``) no adopted clone is, and Firecrackers jailed under
-  ``<state>/jail`` (their command line is chroot-relative; their root directory names the jail) that no
+  ``<state>-jail`` (their command line is chroot-relative; their root directory names the jail) that no
   adopted VM owns; jail directories of VMs not running are removed;
 - NAT rules and TAP filters of VMs that are not running are deleted;
 - banger's device-mapper devices and loop devices backed by files under the state dir that no VM's
@@ -66,7 +66,7 @@ def kill_orphans(vms_dir: Path, adopted: set[int]) -> list[int]:
 
 
 def kill_jailed_orphans(layout: Layout, adopted: set[int]) -> list[int]:
-    """Kill jailed VMM processes under ``<state>/jail`` that no adopted VM owns."""
+    """Kill jailed VMM processes under ``<state>-jail`` that no adopted VM owns."""
     base = jail.jail_base(layout.state_dir)
     pids = [pid for pid in jail.jailed_pids(base) if pid not in adopted]
     for pid in pids:
@@ -78,13 +78,14 @@ def kill_jailed_orphans(layout: Layout, adopted: set[int]) -> list[int]:
     return pids
 
 
-def remove_stale_jails(layout: Layout, running: set[str]) -> list[Path]:
-    """Remove the jail directories of VMs that are not running (their processes are gone by now)."""
+async def remove_stale_jails(layout: Layout, priv: Privileged, running: set[str]) -> list[Path]:
+    """Remove the jail directories of VMs that are not running (their processes are gone by now); the
+    jails are root's, so through the privileged seam."""
     base = jail.jail_base(layout.state_dir)
     live = set(jail.jailed_pids(base).values())
     stale = [p for p in jail.stale_jails(base, running) if p.name not in live]
     for path in stale:
-        jail.remove(jail.JailPaths(base, path.name))
+        await priv.remove_jail(path.name, base)
     return stale
 
 
@@ -140,7 +141,7 @@ async def sweep(layout: Layout, network: NetworkService, priv: Privileged, runni
         # A template build the daemon did not finish (clones name the templates dir too, but are adopted).
         ("killed unfinished template builds", lambda: kill_orphans(layout.templates_dir, set(running.values()))),
         ("killed orphaned jailed VMMs", lambda: kill_jailed_orphans(layout, set(running.values()))),
-        ("removed jails of VMs not running", lambda: remove_stale_jails(layout, set(running))),
+        ("removed jails of VMs not running", lambda: remove_stale_jails(layout, priv, set(running))),
         ("removed rules of VMs not running", lambda: network.sweep_rules(set(running))),
         ("released devices no VM uses", lambda: release_devices(layout, priv)),
         ("removed scratch directories", lambda: remove_scratch(layout)),

@@ -17,7 +17,8 @@
                    privileged seam), the child that waits for it, becomes root inside and execs the work.
 - ``vmm``          the VMM interface (LaunchSpec, Handle, VMM protocol, driver_for) + shared process plumbing.
 - ``firecracker``  Firecracker driver: API-socket configuration, InstanceStart, Ctrl-Alt-Del stop, versions.
-- ``jail``         the jailer's layout under <state>/jail, the jailed launch, recognising a jailed VMM.
+- ``jail``         the jailer's layout (root's, beside the state dir: <state>-jail), the jailed launch,
+                   recognising a jailed VMM.
 - ``qemu``         QEMU ``-M microvm`` driver (KVM or TCG), controlled over QMP.
 - ``firecracker_release``  install the official v1.12.1 binary (sha256-pinned) from its release tarball.
 - ``kvm_probe``    cached Firecracker boot probe and ``select_runtime`` (auto / firecracker / qemu).

@@ -5,7 +5,7 @@ Files in ``vm_dir``: ``firecracker.sock`` (API), ``vmm.log`` (Firecracker's logg
 the logger is configured land there too) and ``vsock.sock`` when a vsock is attached.
 
 Under the ``jailer`` (a :class:`Jail` given to the driver) Firecracker runs chrooted in
-``<state>/jail/firecracker/<id>/root`` (see :mod:`banger.host.jail`): the sockets live there, the kernel,
+``<state>-jail/firecracker/<id>/root`` (see :mod:`banger.host.jail`): the sockets live there, the kernel,
 disks, log and metrics are hard-linked in, the API is told chroot-relative paths, and the handle records the
 jail's root (``extra["jail_root"]``) by which the process is recognised and its jail removed.
 """
@@ -155,9 +155,11 @@ class FirecrackerVMM:
     runtime = "firecracker"
 
     def __init__(self, binary: str = "firecracker", *, api_timeout: float = 5.0, ready_timeout: float = 5.0,
-                 jail: Jail | None = None):
+                 jail: Jail | None = None, priv: Privileged | None = None):
         self.binary = binary
         self.jail = jail
+        # Removes jails (root's): also of VMs jailed before a config change turned the jailer off.
+        self.priv = priv or (jail.priv if jail is not None else None)
         self.api_timeout = api_timeout
         self.ready_timeout = ready_timeout
 
@@ -190,15 +192,15 @@ class FirecrackerVMM:
         check_socket_path(paths.vsock)
         prepare_vm_dir(spec.vm_dir, ())
         async with contextlib.AsyncExitStack() as undo:
-            undo.callback(jails.remove, where)
-            jails.prepare(where)
+            files: list[tuple[str, Path]] = []
             for name in (VMM_LOG, METRICS):
                 (spec.vm_dir / name).touch()
                 if os.geteuid() == 0 and jail.uid != 0:  # Firecracker writes them as its own user
                     os.chown(spec.vm_dir / name, jail.uid, jail.gid)
-                jails.link_in(where, spec.vm_dir / name, name)  # the VM dir shows what Firecracker writes
-            inner, devices = jail_files(spec, where)
-            pid = await self._run_jailer(jail, where, spec, devices, paths.console)
+                files.append((name, spec.vm_dir / name))  # linked in: the VM dir shows what Firecracker writes
+            inner, more, devices = jail_files(spec, where)
+            undo.push_async_callback(jail.priv.remove_jail, spec.vm_id, jail.base)
+            pid = await self._run_jailer(jail, where, spec, files + more, devices, paths.console)
             undo.push_async_callback(jails.kill_jailed, pid, where.root, f"Firecracker for {spec.vm_id}")
             api = FirecrackerAPI(paths.api, self.api_timeout)
             await self.wait_api_ready(lambda: None if jails.process_in(pid, where.root) else -1, api,
@@ -209,14 +211,14 @@ class FirecrackerVMM:
         handle.extra["jail_root"] = str(where.root)
         return handle
 
-    async def _run_jailer(self, jail: Jail, where: jails.JailPaths, spec: LaunchSpec, devices: list[Path],
-                          console: Path) -> int:
+    async def _run_jailer(self, jail: Jail, where: jails.JailPaths, spec: LaunchSpec,
+                          files: list[tuple[str, Path]], devices: list[Path], console: Path) -> int:
         assert jail.priv is not None
         exec_file = host_run.which(self.binary) or self.binary
         try:
             return await jail.priv.jail_firecracker(
                 spec.vm_id, jail.jailer, os.path.realpath(exec_file), jail.uid, jail.gid, jail.base, spec.netns,
-                [str(d) for d in devices], console)
+                files, [str(d) for d in devices], console)
         except HostError as exc:
             tail = log_tail(console)
             raise HostError(f"{exc.message}{': ' + tail if tail else ''}", hint=exc.hint) from exc
@@ -267,7 +269,7 @@ class FirecrackerVMM:
                 await FirecrackerAPI(handle.control_socket, self.api_timeout).put(
                     "/actions", {"action_type": "SendCtrlAltDel"})
             if await self._wait_gone(handle, grace):
-                self._clean(handle)
+                await self._clean(handle)
                 return
         await self.kill(handle)
 
@@ -279,7 +281,7 @@ class FirecrackerVMM:
             await kill_and_wait(handle.pid, handle.control_socket, what)
         else:
             await jails.kill_jailed(handle.pid, root, what)
-        self._clean(handle)
+        await self._clean(handle)
 
     async def _wait_gone(self, handle: Handle, within: float) -> bool:
         root = jail_root(handle)
@@ -287,12 +289,15 @@ class FirecrackerVMM:
             return await wait_process_gone(handle.pid, handle.control_socket, within)
         return await jails.wait_jailed_gone(handle.pid, root, within)
 
-    @staticmethod
-    def _clean(handle: Handle) -> None:
+    async def _clean(self, handle: Handle) -> None:
         remove_paths(_sockets(handle))
         root = jail_root(handle)
         if root is not None:
-            jails.remove(jails.JailPaths(root.parent.parent.parent, root.parent.name))
+            base, vm_id = root.parent.parent.parent, root.parent.name
+            if self.priv is not None:
+                await self.priv.remove_jail(vm_id, base)
+            else:  # as root with no seam handed in (tests driving the driver alone)
+                jails.remove(jails.JailPaths(base, vm_id))
 
     def agent_socket(self, handle: Handle) -> tuple[Path, bool]:
         """The guest agent behind Firecracker's vsock socket (a ``CONNECT 52`` opens it)."""
@@ -337,19 +342,22 @@ def _sockets(handle: Handle) -> tuple[Path, ...]:
     return (handle.control_socket, handle.vsock_uds or handle.vm_dir / VSOCK_SOCKET)
 
 
-def jail_files(spec: LaunchSpec, where: jails.JailPaths) -> tuple[LaunchSpec, list[Path]]:
-    """Link ``spec``'s kernel, initrd and disk files into the jail; the spec as seen from inside it (host
-    paths within the jail) and the block devices that need a node there."""
-    kernel = jails.link_in(where, spec.kernel, "vmlinux")
-    initrd = None if spec.initrd is None else jails.link_in(where, spec.initrd, "initrd")
+def jail_files(spec: LaunchSpec, where: jails.JailPaths) -> tuple[LaunchSpec, list[tuple[str, Path]], list[Path]]:
+    """What of ``spec`` goes into the jail: the spec as seen from inside it (host paths within the jail), the
+    (name, host file) pairs root links in (kernel, initrd, regular disks), and the block devices that get a
+    node there."""
+    files = [("vmlinux", spec.kernel)] + ([] if spec.initrd is None else [("initrd", spec.initrd)])
     disks, devices = [], []
     for index, disk in enumerate(spec.disks):
         if jails.is_block_device(disk.path):
             devices.append(disk.path)
             disks.append(replace(disk, path=jails.device_path(where, disk.path)))
         else:
-            disks.append(replace(disk, path=jails.link_in(where, disk.path, drive_id(index))))
-    return replace(spec, kernel=kernel, initrd=initrd, disks=tuple(disks)), devices
+            files.append((drive_id(index), disk.path))
+            disks.append(replace(disk, path=where.root / drive_id(index)))
+    inner = replace(spec, kernel=where.root / "vmlinux", initrd=None if spec.initrd is None else where.root / "initrd",
+                    disks=tuple(disks))
+    return inner, files, devices
 
 
 def check_spec(spec: LaunchSpec) -> None:

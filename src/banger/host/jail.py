@@ -1,18 +1,23 @@
-"""Firecracker's ``jailer``: the jail layout under the state dir, the jailed launch, and telling a jailed VMM.
+"""Firecracker's ``jailer``: the jail layout, the jailed launch, and telling a jailed VMM.
 
-Layout: the chroot base is ``<state>/jail``, so the jailer's chroot for VM ``ID`` is
-``<state>/jail/firecracker/ID/root``. The daemon makes that directory (as the user the VMM will run as)
-and hard-links in what Firecracker opens: ``vmlinux``, ``initrd``, each regular disk as ``vda``, ``vdb``...
-(the same inodes, so a work disk's writes land in the VM's own file) and ``vmm.log``/``metrics.json``
-from the VM dir. Block devices (a dm-snapshot root, a loop) get a device node ``/dev/<name>`` made in
-the jail after the jailer ran. The jailer adds ``/dev/{kvm,net/tun,urandom,userfaultfd}``, a copy of the
-firecracker binary and ``firecracker.pid``, then runs it as ``--uid/--gid`` in a new mount and pid
-namespace (``--new-pid-ns``: the jailer itself exits once Firecracker is running; the pid file names it).
-Firecracker binds ``/api.sock`` and ``/vsock.sock`` in the jail; the daemon uses their host paths.
+Layout: the chroot base is a sibling of the state dir, ``<state>-jail`` (``/var/lib/banger-jail`` for a
+system install), root's and not writable by anyone else, with root-owned parents: the jailer runs as root
+and, before it pivots into the chroot, copies Firecracker into it and bind-mounts it by path. Had the owner
+any say over a path component there (as it has over everything under its state dir), it could turn that
+copy or the jailer's later ``chown /`` onto a host file by swapping in a symlink. So root makes the whole
+jail, ``<base>/firecracker/ID/root``, and fills it before the jailer runs: what Firecracker opens is
+hard-linked in from descriptors the daemon passes (``vmlinux``, ``initrd``, each regular disk as ``vda``,
+``vdb``..., ``vmm.log``, ``metrics.json``: the same inodes, so a work disk's writes land in the VM's own
+file), and each block device (a dm-snapshot root, a loop) gets a node in ``/dev``, the VMM user's. Only
+then does the jailer add ``/dev/{kvm,net/tun}``, a copy of the firecracker binary and ``firecracker.pid``,
+give ``/`` to ``--uid/--gid`` (after its pivot, where a symlink can no longer lead out) and run Firecracker
+in new mount and pid namespaces (``--new-pid-ns``: the jailer exits once Firecracker runs). Firecracker
+binds ``/firecracker.sock`` and ``/vsock.sock`` in the jail; the daemon uses their host paths (the base,
+``firecracker`` and ``ID`` are 0711, so the owner may pass through but not change anything).
 
 A jailed process is recognised by its root directory: ``/proc/PID/root`` is the jail's ``root`` (same
-device and inode), which no recycled pid can fake. Everything in the jail belongs to the VMM's user
-(the jailer makes ``root`` theirs), so the daemon removes the whole ``firecracker/ID`` directory itself.
+device and inode), which no recycled pid can fake. Removing a jail is root's too (``rmtree`` never follows
+a symlink the VMM user may have left in ``root``).
 """
 
 from __future__ import annotations
@@ -40,9 +45,13 @@ JAIL_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 JAILER_TIMEOUT = 10.0  # the jailer sets up and forks in milliseconds; this bounds a wedged one
 
 
+FILE_RE = re.compile(r"^(vmlinux|initrd|vmm\.log|metrics\.json|vd[a-z])$")  # what goes into a jail, by name
+DEVICE_RE = re.compile(r"^(dm-[0-9]{1,4}|loop[0-9]{1,4})$")
+
+
 def jail_base(state_dir: Path) -> Path:
-    """The chroot base handed to ``--chroot-base-dir``."""
-    return state_dir / JAIL_DIR
+    """The chroot base handed to ``--chroot-base-dir``: beside the state dir, never inside it."""
+    return state_dir.parent / f"{state_dir.name}-{JAIL_DIR}"
 
 
 @dataclass(frozen=True)
@@ -74,33 +83,90 @@ def check_jail_id(vm_id: str) -> str:
     return vm_id
 
 
-def prepare(jail: JailPaths) -> None:
-    """A fresh, empty chroot directory (anything an earlier run left is removed first)."""
+def _root_only(fd: int, what: Path, *, sticky_ok: bool = False) -> None:
+    """Refuse a directory anyone but root could change (a sticky one like /tmp may do for the parent: nobody
+    can rename or remove what root made in it)."""
+    st = os.fstat(fd)
+    if st.st_uid != 0 or (st.st_mode & 0o022 and not (sticky_ok and st.st_mode & stat.S_ISVTX)):
+        raise HostError(f"{what} must be root's and writable by nobody else (it is uid {st.st_uid}, mode "
+                        f"{stat.S_IMODE(st.st_mode):o})", hint=f"remove {what}; banger makes it again")
+
+
+def _mkdir_at(name: str, dir_fd: int, mode: int) -> int:
+    """Make (if missing) and open directory ``name`` under ``dir_fd``, refusing a symlink."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, mode, dir_fd=dir_fd)
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    os.fchmod(fd, mode)
+    return fd
+
+
+def prepare(jail: JailPaths, files: list[tuple[str, Path, int]], devices: list[Path], uid: int, gid: int) -> None:
+    """Make VM ``jail`` afresh as root, before the jailer runs (needs root).
+
+    ``files``: (name in the jail, path, open descriptor of that path) triples, hard-linked in; ``devices``:
+    block devices that get a node in the jail's ``/dev`` (mode 0600, ``uid``'s). Every step goes through
+    directory descriptors opened without following symlinks, from a base whose parents are root's alone.
+
+    A file is linked by its path (never following a final symlink), then kept only if the new link is the
+    descriptor's very inode: linking the descriptor itself (``/proc/self/fd/N``) would be tighter, but
+    across mount namespaces (bangerd-root's unit has its own, for PrivateTmp) it fails with EXDEV. Whatever
+    a swapped path could make the helper link is refused by that check before the jailer ever runs.
+    """
     remove(jail)
-    jail.root.mkdir(parents=True, mode=0o700)
+    parent_fd = open_dir_nofollow(jail.base.parent)
+    opened: list[int] = [parent_fd]
+    try:
+        _root_only(parent_fd, jail.base.parent, sticky_ok=True)
+        base_fd = _mkdir_at(jail.base.name, parent_fd, 0o711)
+        opened.append(base_fd)
+        _root_only(base_fd, jail.base)
+        exec_fd = _mkdir_at(EXEC_NAME, base_fd, 0o711)
+        opened.append(exec_fd)
+        id_fd = _mkdir_at(check_jail_id(jail.vm_id), exec_fd, 0o711)
+        opened.append(id_fd)
+        root_fd = _mkdir_at("root", id_fd, 0o700)
+        opened.append(root_fd)
+        for name, path, fd in files:
+            if not FILE_RE.match(name):
+                raise InvalidArgument(f"{name!r} is not a file banger puts in a jail")
+            try:
+                os.link(path, name, dst_dir_fd=root_fd, follow_symlinks=False)
+                linked = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                held = os.fstat(fd)
+                if (linked.st_dev, linked.st_ino) != (held.st_dev, held.st_ino):
+                    os.unlink(name, dir_fd=root_fd)
+                    raise HostError(f"{path} changed while it was linked into the jail {jail.root}")
+            except OSError as exc:
+                hint = (f"the jail ({jail.base}) sits beside the state dir, so kernels, images and VM disks must be "
+                        "on its filesystem; or set jailer = false in config.toml") if exc.errno == errno.EXDEV \
+                    else None
+                raise HostError(f"cannot hard-link {name} into the jail {jail.root}: {exc.strerror}",
+                                hint=hint) from exc
+        if devices:
+            dev_fd = _mkdir_at("dev", root_fd, 0o755)
+            opened.append(dev_fd)
+            for device in devices:
+                st = os.stat(device)
+                name = Path(os.path.realpath(device)).name
+                if not stat.S_ISBLK(st.st_mode) or not DEVICE_RE.match(name):
+                    raise HostError(f"{device} is not a dm or loop block device")
+                os.mknod(name, stat.S_IFBLK | 0o600, st.st_rdev, dir_fd=dev_fd)
+                os.chown(name, uid, gid, dir_fd=dev_fd, follow_symlinks=False)
+    except BaseException:
+        remove(jail)
+        raise
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 def remove(jail: JailPaths) -> None:
-    """Remove the VM's jail directory, if any (idempotent)."""
+    """Remove the VM's jail directory, if any (idempotent; never follows a symlink inside it)."""
     if jail.dir.is_symlink():
         jail.dir.unlink()
     elif jail.dir.exists():
         shutil.rmtree(jail.dir)
-
-
-def link_in(jail: JailPaths, source: Path, name: str) -> Path:
-    """Hard-link regular file ``source`` into the jail as ``/name``; its host path inside the jail."""
-    real = Path(os.path.realpath(source))
-    target = jail.root / name
-    try:
-        os.link(real, target)
-    except FileNotFoundError as exc:
-        raise HostError(f"cannot put {source} into the jail: it does not exist") from exc
-    except OSError as exc:
-        hint = ("the jail lives under the state dir, so kernels, images and VM disks must be on its filesystem;"
-                " or set jailer = false in config.toml") if exc.errno == errno.EXDEV else None
-        raise HostError(f"cannot hard-link {real} into the jail {jail.root}: {exc.strerror}", hint=hint) from exc
-    return target
 
 
 def is_block_device(path: Path) -> bool:
@@ -144,30 +210,6 @@ async def run_jailer(argv: list[str], jail: JailPaths, console_fd: int) -> int:
         return int(jail.pid_file.read_text().strip())
     except (OSError, ValueError) as exc:
         raise HostError(f"the jailer for {jail.vm_id} left no readable {jail.pid_file}") from exc
-
-
-def make_device_nodes(jail: JailPaths, devices: list[Path], uid: int, gid: int) -> list[Path]:
-    """A node for each block device in the jail's ``/dev``, the VMM user's, mode 0600 (needs root).
-
-    The jail's ``/dev`` belongs to the VMM's user, so it is opened without following any symlink on the
-    way, and nodes are made relative to that descriptor.
-    """
-    made = []
-    dev_fd = open_dir_nofollow(jail.root / "dev")
-    try:
-        for device in devices:
-            st = os.stat(device)
-            if not stat.S_ISBLK(st.st_mode):
-                raise HostError(f"{device} is not a block device")
-            name = Path(os.path.realpath(device)).name
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=dev_fd)
-            os.mknod(name, stat.S_IFBLK | 0o600, st.st_rdev, dir_fd=dev_fd)
-            os.chown(name, uid, gid, dir_fd=dev_fd, follow_symlinks=False)
-            made.append(jail.root / "dev" / name)
-    finally:
-        os.close(dev_fd)
-    return made
 
 
 def open_dir_nofollow(path: Path) -> int:

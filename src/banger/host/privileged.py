@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any, Protocol
 
-from banger.errors import BangerError, DaemonUnavailable, PermissionDenied, ProtocolError, from_rpc_error
+from banger.errors import BangerError, DaemonUnavailable, HostError, PermissionDenied, ProtocolError, from_rpc_error
 from banger.host import dm, jail, loopdev, nat, net, resolved, tapfilter, userns
 from banger.host.run import run
 from banger.host.vmm import open_append
@@ -58,7 +58,9 @@ class Privileged(Protocol):
     async def revert_resolved_link(self, link: str) -> None: ...
     async def map_userns(self, pid: int) -> None: ...
     async def jail_firecracker(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
-                               chroot_base: Path, netns: str | None, devices: list[str], console: Path) -> int: ...
+                               chroot_base: Path, netns: str | None, files: list[tuple[str, Path]],
+                               devices: list[str], console: Path) -> int: ...
+    async def remove_jail(self, vm_id: str, chroot_base: Path) -> None: ...
 
 
 class LocalPrivileged:
@@ -140,33 +142,43 @@ class LocalPrivileged:
         await resolved.unroute(link)
 
     async def jail_firecracker(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
-                               chroot_base: Path, netns: str | None, devices: list[str], console: Path) -> int:
-        """Run the jailer for VM ``vm_id`` (its chroot already made under ``chroot_base``); Firecracker's pid.
+                               chroot_base: Path, netns: str | None, files: list[tuple[str, Path]],
+                               devices: list[str], console: Path) -> int:
+        """Make VM ``vm_id``'s jail under ``chroot_base`` and run the jailer in it; Firecracker's pid.
 
-        Firecracker's output is appended to ``console``; each block device in ``devices`` gets a node in the
-        jail's ``/dev``, owned by ``uid``.
+        ``files`` are (name in the jail, host file) pairs hard-linked in; each block device in ``devices``
+        gets a node in the jail's ``/dev``, owned by ``uid``; Firecracker's output is appended to ``console``.
         """
-        fd = open_append(console)
+        console_fd = open_append(console)
+        opened: list[tuple[str, Path, int]] = []
         try:
+            for name, path in files:
+                opened.append((name, Path(os.path.realpath(path)), open_backing(path, True)))
             return await self.jail_firecracker_fd(vm_id, jailer, exec_file, uid, gid, chroot_base, netns,
-                                                  devices, fd)
+                                                  opened, devices, console_fd)
         finally:
-            os.close(fd)
+            for fd in (console_fd, *(fd for _name, _path, fd in opened)):
+                os.close(fd)
 
     async def jail_firecracker_fd(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
-                                  chroot_base: Path, netns: str | None, devices: list[str], console_fd: int) -> int:
-        """:meth:`jail_firecracker` with the console as an open descriptor (what the helper is passed)."""
+                                  chroot_base: Path, netns: str | None, files: list[tuple[str, Path, int]],
+                                  devices: list[str], console_fd: int) -> int:
+        """:meth:`jail_firecracker` with open descriptors (what the helper is passed)."""
         where = jail.JailPaths(chroot_base, vm_id)
-        argv = jail.jailer_argv(jailer, exec_file, where, uid, gid, netns, "/" + JAILED_API_SOCKET)
-        pid = await jail.run_jailer(argv, where, console_fd)
+        await asyncio.to_thread(jail.prepare, where, files, [Path(d) for d in devices], uid, gid)
         try:
+            argv = jail.jailer_argv(jailer, exec_file, where, uid, gid, netns, "/" + JAILED_API_SOCKET)
+            pid = await jail.run_jailer(argv, where, console_fd)
             if not jail.process_in(pid, where.root):
                 raise BangerError(f"Firecracker (pid {pid}) exited right after the jailer started it")
-            jail.make_device_nodes(where, [Path(d) for d in devices], uid, gid)
         except BaseException:
-            await jail.kill_jailed(pid, where.root, f"Firecracker for {vm_id}")
+            await asyncio.to_thread(jail.remove, where)
             raise
         return pid
+
+    async def remove_jail(self, vm_id: str, chroot_base: Path) -> None:
+        """Remove VM ``vm_id``'s jail (its Firecracker gone first: the caller kills it)."""
+        await asyncio.to_thread(jail.remove, jail.JailPaths(chroot_base, jail.check_jail_id(vm_id)))
 
     async def map_userns(self, pid: int) -> None:
         """Map the fresh user namespace of ``pid`` onto its user's subordinate ids (banger.host.userns).
@@ -182,13 +194,14 @@ class LocalPrivileged:
 
 
 def open_backing(path: Path, read_only: bool) -> int:
-    """An open descriptor of loop backing file ``path``. A symlink is followed (test homes link images from a
-    cache); bangerd-root then judges the file the descriptor really is, wherever the link pointed."""
+    """An open descriptor of ``path`` for bangerd-root (a loop's backing file, a file for a jail). A symlink is
+    followed (test homes link images from a cache); the helper then judges the file the descriptor really
+    is, wherever the link pointed."""
     flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
     try:
         return os.open(path, flags)
     except OSError as exc:
-        raise BangerError(f"cannot open {path} for a loop device: {exc.strerror}") from exc
+        raise HostError(f"cannot open {path}: {exc.strerror}") from exc
 
 
 class RemotePrivileged:
@@ -300,14 +313,22 @@ class RemotePrivileged:
         await self.call("revert_resolved_link", link=link)
 
     async def jail_firecracker(self, vm_id: str, jailer: str, exec_file: str, uid: int, gid: int,
-                               chroot_base: Path, netns: str | None, devices: list[str], console: Path) -> int:
-        fd = open_append(console)
+                               chroot_base: Path, netns: str | None, files: list[tuple[str, Path]],
+                               devices: list[str], console: Path) -> int:
+        # The console first, then one descriptor per file, each with the path it claims to be (checked).
+        fds = [open_append(console)]
         try:
-            return int(await self.call("jail_firecracker", (fd,), vm_id=vm_id, jailer=jailer, exec_file=exec_file,
-                                       uid=uid, gid=gid, chroot_base=str(chroot_base), netns=netns,
+            fds += [open_backing(path, True) for _name, path in files]
+            return int(await self.call("jail_firecracker", tuple(fds), vm_id=vm_id, jailer=jailer,
+                                       exec_file=exec_file, uid=uid, gid=gid, chroot_base=str(chroot_base),
+                                       netns=netns, files=[[n, str(p.absolute())] for n, p in files],
                                        devices=list(devices)))
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
+
+    async def remove_jail(self, vm_id: str, chroot_base: Path) -> None:
+        await self.call("remove_jail", vm_id=vm_id, chroot_base=str(chroot_base))
 
     async def map_userns(self, pid: int) -> None:
         await self.call("map_userns", pid=pid)
@@ -334,7 +355,7 @@ def _read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def read_message(sock: socket.socket, max_fds: int = 1) -> tuple[bytes, list[int]]:
+def read_message(sock: socket.socket, max_fds: int = 16) -> tuple[bytes, list[int]]:
     """One whole message (until the writer's EOF) and the descriptors that came with it (helper side)."""
     data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, max_fds)
     if data:

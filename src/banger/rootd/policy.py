@@ -28,6 +28,7 @@ IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
 VM_DOMAIN = "vm"
 NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_JAIL_DEVICES = 8
+MAX_JAIL_FILES = 12  # vmlinux, initrd, vmm.log, metrics.json and up to eight disks
 
 
 def refuse(what: str, why: str) -> PermissionDenied:
@@ -176,7 +177,7 @@ class Policy:
 
     def check_jail(self, a: dict[str, Any]) -> tuple[str, str, str, Path, str | None]:
         """(vm_id, jailer, exec_file, chroot base, netns) of a ``jail_firecracker`` request, each checked
-        against the config: the configured binaries, the owner's ids, ``<state>/jail``, an existing netns."""
+        against the config: the configured binaries, the owner's ids, ``<state>-jail``, an existing netns."""
         vm_id = self.check_vm_id(a.get("vm_id"))
         jailer, exec_file = _configured(self.jailer_bin, "jailer"), _configured(self.firecracker_bin, "firecracker")
         if a.get("jailer") != jailer:
@@ -187,27 +188,35 @@ class Policy:
             raise refuse(f"a jailed VMM as uid {a.get('uid')!r}", f"it runs as the owner, uid {self.owner_uid}")
         if self.owner_gid is None or a.get("gid") != self.owner_gid or isinstance(a.get("gid"), bool):
             raise refuse(f"a jailed VMM as gid {a.get('gid')!r}", f"it runs as the owner's group {self.owner_gid}")
-        base = jail.jail_base(self.state_dir)
-        if a.get("chroot_base") != str(base):
-            raise refuse(f"chroot base {a.get('chroot_base')!r}", f"only {base}")
+        base = self.check_jail_base(a.get("chroot_base"))
         netns = a.get("netns")
         if netns is not None and (not isinstance(netns, str) or not NETNS_RE.match(netns)
                                   or not Path("/run/netns", netns).exists()):
             raise refuse(f"network namespace {netns!r}", "none, or one named in /run/netns")
-        self.check_jail_root(jail.JailPaths(base, vm_id))
         return vm_id, jailer, exec_file, base, netns
 
-    def check_jail_root(self, where: jail.JailPaths) -> None:
-        """The chroot exists, is a real directory all the way down (no symlink) and is the owner's."""
-        try:
-            fd = jail.open_dir_nofollow(where.root)
-        except HostError as exc:
-            raise refuse(f"the jail {where.root}", "it must be a plain directory made by the owner") from exc
-        try:
-            if os.fstat(fd).st_uid != self.owner_uid:
-                raise refuse(f"the jail {where.root}", "it belongs to someone other than the owner")
-        finally:
-            os.close(fd)
+    def check_jail_files(self, files: Any, fds: list[int]) -> list[tuple[str, Path, int]]:
+        """What goes into a jail: each a fixed name and an owner's file under the state dir, passed as an
+        open descriptor naming the very inode it claims (the helper links the descriptor, not a path)."""
+        if not isinstance(files, list) or len(files) != len(fds) or len(files) > MAX_JAIL_FILES:
+            raise refuse(f"jail files {files!r}", f"at most {MAX_JAIL_FILES} [name, path] pairs, one descriptor each")
+        out, names = [], set()
+        for entry, fd in zip(files, fds, strict=True):
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+                raise refuse(f"jail file {entry!r}", "a [name, path] pair")
+            name, path = entry
+            if not jail.FILE_RE.match(name) or name in names:
+                raise refuse(f"jail file name {name!r}", "vmlinux, initrd, vmm.log, metrics.json or vda..vdz, once")
+            names.add(name)
+            self.check_backing_fd(fd, True, path)
+            out.append((name, Path(os.path.realpath(path)), fd))
+        return out
+
+    def check_jail_base(self, base: Any) -> Path:
+        expected = jail.jail_base(self.state_dir)
+        if base != str(expected):
+            raise refuse(f"chroot base {base!r}", f"only {expected}")
+        return expected
 
     async def check_jail_devices(self, devices: Any) -> list[str]:
         """Block devices for the jail: banger's dm devices or loops over files under the state dir."""
@@ -222,9 +231,9 @@ class Policy:
         return [str(d) for d in devices]
 
     def check_console_fd(self, fds: list[int]) -> int:
-        """The console is one descriptor: the owner's regular file, open for writing."""
-        if len(fds) != 1:
-            raise refuse(f"{len(fds)} descriptors", "send the console log as exactly one open descriptor")
+        """The console is the first descriptor: the owner's regular file, open for writing."""
+        if not fds:
+            raise refuse("no descriptors", "send the console log as an open descriptor, first")
         st = os.fstat(fds[0])
         if not stat.S_ISREG(st.st_mode) or st.st_uid != self.owner_uid or _access_mode(fds[0]) == os.O_RDONLY:
             raise refuse("that console", "only an owner's regular file, open for writing")

@@ -61,8 +61,10 @@ class RootHelper:
             "revert_resolved_link": ({"link"}, lambda a, _: self.local.revert_resolved_link(
                 p.check_bridge(a.get("link")))),
             "map_userns": ({"pid"}, lambda a, _: self.local.map_userns(p.check_userns_pid(a.get("pid")))),
-            "jail_firecracker": ({"vm_id", "jailer", "exec_file", "uid", "gid", "chroot_base", "netns", "devices"},
-                                 self._jail_firecracker),
+            "jail_firecracker": ({"vm_id", "jailer", "exec_file", "uid", "gid", "chroot_base", "netns", "files",
+                                  "devices"}, self._jail_firecracker),
+            "remove_jail": ({"vm_id", "chroot_base"}, lambda a, _: self.local.remove_jail(
+                p.check_vm_id(a.get("vm_id")), p.check_jail_base(a.get("chroot_base")))),
         }
 
     async def handle(self, op: Any, args: Any, fds: list[int]) -> Any:
@@ -113,11 +115,12 @@ class RootHelper:
 
     async def _jail_firecracker(self, a: dict[str, Any], fds: list[int]) -> int:
         console = self.policy.check_console_fd(fds)
+        files = self.policy.check_jail_files(a.get("files"), fds[1:])
         vm_id, jailer, exec_file, base, netns = self.policy.check_jail(a)
         devices = await self.policy.check_jail_devices(a.get("devices"))
         assert self.policy.owner_gid is not None  # check_jail refuses without it
         return await self.local.jail_firecracker_fd(vm_id, jailer, exec_file, self.policy.owner_uid,
-                                                    self.policy.owner_gid, base, netns, devices, console)
+                                                    self.policy.owner_gid, base, netns, files, devices, console)
 
     async def _route_dns(self, a: dict[str, Any], _fds: list[int]) -> None:
         self.policy.check_resolver(a.get("link"), a.get("server"), a.get("domain"))
