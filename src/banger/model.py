@@ -85,6 +85,11 @@ class Image(Record):
         """The sha256 the manifest records for rootfs.ext4 ("" for an image registered without one)."""
         return str(self.manifest.get("rootfs_sha256") or "")
 
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The manifest's ``extra`` facts (boot init, agent, sshd, OCI digests...); empty when it has none."""
+        return dict(self.manifest.get("extra") or {})
+
 
 class Kernel(Record):
     """A local kernel: vmlinux, initrd and (for Debian kernels) a modules disk."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from banger import __version__, install
 from banger.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from banger.host import jail
 from banger.host.jail import jail_base
 
 ROOT_UNIT = "bangerd-root.service"
@@ -113,7 +114,8 @@ CapabilityBoundingSet=
 AmbientCapabilities=
 LockPersonality=yes
 RestrictRealtime=yes
-RestrictSUIDSGID=yes
+# No RestrictSUIDSGID=: the seccomp filter applies inside the owner's user namespaces too, where dpkg and
+# an OCI flatten make setuid files (owned by subordinate ids) for its images.
 
 [Install]
 WantedBy=multi-user.target
@@ -268,6 +270,9 @@ def do_uninstall(record: Path, *, purge: bool) -> list[Path]:
             path.unlink()
             removed.append(path)
     jails = jail_base(inst.state_dir)  # root's, beside the state dir (banger.host.jail)
+    if purge and (jails / jail.EXEC_NAME).is_dir():
+        for vm_jail in sorted((jails / jail.EXEC_NAME).iterdir()):  # a jailed VMM left running goes with it
+            jail.remove(jail.JailPaths(jails, vm_jail.name))
     for d in (inst.runtime_dir, inst.root_runtime_dir, *((inst.state_dir, jails, inst.cache_dir) if purge else ())):
         if d.exists():
             shutil.rmtree(d)

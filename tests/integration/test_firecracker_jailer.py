@@ -213,7 +213,7 @@ async def test_the_sweep_kills_an_unrecorded_jailed_vmm_and_removes_stale_jails(
     stale = jails.JailPaths(jails.jail_base(state), "bbbbbbbbbbbb")
     stale.root.mkdir(parents=True)  # a jail whose VMM is long gone
     try:
-        assert sweep.kill_jailed_orphans(layout, {kept.pid}) == [orphan.pid]
+        assert await sweep.kill_jailed_orphans(layout, {kept.pid}) == [orphan.pid]
         assert not vmm.is_alive(orphan) and vmm.is_alive(kept)
         removed = await sweep.remove_stale_jails(layout, LocalPrivileged(), {"aaaaaaaaaaaa"})
         assert sorted(p.name for p in removed) == ["0123456789ab", "bbbbbbbbbbbb"]

@@ -225,16 +225,22 @@ def test_helper_maps_only_an_owner_process_alone_in_a_fresh_user_namespace(syste
     plain = _owner_process(system, "sleep", "30")  # the owner's, but in the host's user namespace
     # The owner's, in a user namespace it already mapped itself (uid 0 inside = the owner).
     mapped = _owner_process(system, "unshare", "--user", "--map-root-user", "sleep", "30")
+    # Only its gid map written (setgroups denied, uid map empty): the helper must not finish it half-way.
+    half = _owner_process(system, "unshare", "--user", "--map-group=0", "sleep", "30")
     try:
         _wait_for(lambda: os.readlink(f"/proc/{mapped.pid}/ns/user") != host_ns
                   and Path(f"/proc/{mapped.pid}/uid_map").read_text().strip() != "")
+        _wait_for(lambda: Path(f"/proc/{half.pid}/gid_map").read_text().strip() != "")
         with pytest.raises(PermissionDenied, match="in the host's user namespace"):
             ask(system, "map_userns", pid=plain.pid)
         with pytest.raises(PermissionDenied, match="already mapped"):
             ask(system, "map_userns", pid=mapped.pid)
+        with pytest.raises(PermissionDenied, match="already mapped"):
+            ask(system, "map_userns", pid=half.pid)
         assert Path(f"/proc/{mapped.pid}/uid_map").read_text().split() == ["0", str(system.inst.owner_uid), "1"]
+        assert Path(f"/proc/{half.pid}/uid_map").read_text().strip() == ""
     finally:
-        for proc in (plain, mapped):
+        for proc in (plain, mapped, half):
             proc.kill()
             proc.wait()
 

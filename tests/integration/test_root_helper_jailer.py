@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,4 +188,67 @@ def test_a_jail_base_the_owner_could_change_is_never_used(system: SystemInstall)
     finally:
         os.close(console)
         os.chown(base, 0, 0)
+    _nothing_made(system)
+
+
+def _as_owner(sysi: SystemInstall, *argv: str) -> subprocess.CompletedProcess[str]:
+    inst = sysi.inst
+    return subprocess.run(list(argv), user=inst.owner_uid, group=inst.owner_gid, extra_groups=[],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_no_device_node_of_a_jail_outlives_it_and_removing_a_jail_stops_its_vmm(system: SystemInstall) -> None:
+    """The jail's /dev is a tmpfs of its own: the owner (who owns the jail's root once the jailer ran) cannot
+    hard-link a node out of it, neither the disk's nor the jailer's userfaultfd; remove_jail kills the VMM
+    it finds still running in the jail before removing it."""
+    inst = system.inst
+    backing = owned_file(system, "disk.img", owner=True)
+    loop = ask(system, "attach_loop", (os.open(backing, os.O_RDWR),), read_only=False, path=str(backing))
+    where = jails.JailPaths(jails.jail_base(inst.state_dir), VM_ID)
+    console = owned_console(system)
+    try:
+        pid = ask(system, "jail_firecracker", (console,), **{**good_args(system), "devices": [loop]})
+        try:
+            # The VMM sees its nodes; the owner reaches them only through the VMM's /proc/PID/root (the
+            # tmpfs is mounted in the helper's mount namespace, the jailer's copies it), and cannot link one.
+            seen = Path(f"/proc/{pid}/root/dev")
+            assert (seen / Path(loop).name).exists() and (seen / "userfaultfd").exists()
+            for name in (Path(loop).name, "userfaultfd", "kvm"):
+                linked = _as_owner(system, "ln", str(seen / name), str(inst.state_dir / f"kept-{name}"))
+                assert linked.returncode != 0, f"the owner kept a link to the jail's /dev/{name}"
+                assert not (inst.state_dir / f"kept-{name}").exists()
+            ask(system, "remove_jail", vm_id=VM_ID, chroot_base=str(where.base))  # the VMM still running
+            assert not Path(f"/proc/{pid}").exists() or not jails.process_in(pid, where.root)
+            assert not where.dir.exists()
+        finally:
+            if where.dir.exists():
+                ask(system, "remove_jail", vm_id=VM_ID, chroot_base=str(where.base))
+    finally:
+        os.close(console)
+        ask(system, "detach_loop", device=loop)
+        backing.unlink()
+
+
+def test_helper_refuses_another_existing_network_namespace(system: SystemInstall) -> None:
+    with NetNS() as other:
+        console = owned_console(system)
+        try:
+            with pytest.raises(PermissionDenied, match="the one bangerd-root itself runs in"):
+                ask(system, "jail_firecracker", (console,), **{**good_args(system), "netns": other.name})
+        finally:
+            os.close(console)
+    _nothing_made(system)
+
+
+def test_helper_refuses_a_dm_device_by_banger_s_name_alone(system: SystemInstall) -> None:
+    """Another install (or root's own banger) names its devices banger-* too: the name is not enough, the
+    device must sit on loops the helper attached over this state dir. (These machines' kernels have no
+    device-mapper, so the device here is one that does not exist: what has no loops under it is refused.)"""
+    console = owned_console(system)
+    try:
+        with pytest.raises(PermissionDenied, match="over loops the helper attached"):
+            ask(system, "jail_firecracker", (console,), **{**good_args(system),
+                                                            "devices": ["/dev/mapper/banger-fedcba987654"]})
+    finally:
+        os.close(console)
     _nothing_made(system)

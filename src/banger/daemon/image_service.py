@@ -315,7 +315,7 @@ class ImageService:
 
     async def prune_cache(self, dry_run: bool = False) -> api.CachePruneResult:
         """Remove cached OCI blobs no registered image references, and stale golden builds."""
-        keep = oci_registry.referenced_digests(i.manifest.get("extra") or {} for i in self.list_images())
+        keep = oci_registry.referenced_digests(i.extra for i in self.list_images())
         doomed = await asyncio.to_thread(oci_registry.prune_cache, self.cache_dir, keep, dry_run)
         doomed += await asyncio.to_thread(self._prune_golden, dry_run)
         removed = [api.RemovedFile(path=str(p), size=size) for p, size in doomed]

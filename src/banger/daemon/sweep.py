@@ -17,26 +17,30 @@ Run once by ``reconcile.adopt_all`` after running VMs are re-adopted, before the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import os
+import re
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from banger.daemon.network import NetworkService
 from banger.daemon.vm_handles import read_root_disk
+from banger.errors import BangerError
 from banger.host import jail
 from banger.host.privileged import Privileged
+from banger.images import rootless
 from banger.paths import Layout
 
 log = logging.getLogger("banger.daemon.sweep")
 
 
 VMM_PROGRAMS = (b"qemu-system-", b"firecracker", b"jailer")
+VM_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
 def orphan_vmms(vms_dir: Path, adopted: set[int]) -> list[int]:
@@ -65,16 +69,17 @@ def kill_orphans(vms_dir: Path, adopted: set[int]) -> list[int]:
     return pids
 
 
-def kill_jailed_orphans(layout: Layout, adopted: set[int]) -> list[int]:
+async def kill_jailed_orphans(layout: Layout, adopted: set[int]) -> list[int]:
     """Kill jailed VMM processes under ``<state>-jail`` that no adopted VM owns."""
     base = jail.jail_base(layout.state_dir)
     pids = [pid for pid in jail.jailed_pids(base) if pid not in adopted]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5  # gone before their jails are removed (next step)
-    while pids and set(pids) & set(jail.jailed_pids(base)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    for _ in range(100):  # up to 5 s: gone before their jails are removed (next step)
+        if not set(pids) & set(jail.jailed_pids(base)):
+            break
+        await asyncio.sleep(0.05)
     return pids
 
 
@@ -84,15 +89,24 @@ async def remove_stale_jails(layout: Layout, priv: Privileged, running: set[str]
     base = jail.jail_base(layout.state_dir)
     live = set(jail.jailed_pids(base).values())
     stale = [p for p in jail.stale_jails(base, running) if p.name not in live]
+    removed = []
     for path in stale:
-        await priv.remove_jail(path.name, base)
-    return stale
+        if not VM_ID_RE.match(path.name):
+            continue  # not banger's (the helper would refuse the name)
+        try:
+            await priv.remove_jail(path.name, base)
+        except BangerError as exc:
+            log.warning("could not remove a stale jail", extra={"jail": str(path), "error": str(exc)})
+            continue
+        removed.append(path)
+    return removed
 
 
 def scratch_dirs(layout: Layout) -> list[Path]:
     """Leftovers of interrupted operations (no operation runs while the daemon starts)."""
     found = []
-    for store in (layout.images_dir, layout.kernels_dir, layout.templates_dir):
+    golden_cache = layout.cache_dir / "images" / "golden"  # a golden build's stage (images.golden)
+    for store in (layout.images_dir, layout.kernels_dir, layout.templates_dir, golden_cache):
         if store.is_dir():
             found += [p for p in store.iterdir() if p.name.startswith(".")]
     if layout.vms_dir.is_dir():
@@ -102,11 +116,13 @@ def scratch_dirs(layout: Layout) -> list[Path]:
     return sorted(found)
 
 
-def remove_scratch(layout: Layout) -> list[Path]:
+async def remove_scratch(layout: Layout, priv: Privileged) -> list[Path]:
     found = scratch_dirs(layout)
     for path in found:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
+            # What an owner's build left inside its user namespace belongs to subordinate ids.
+            await rootless.remove_quietly(path, priv.map_userns)
         else:
             path.unlink(missing_ok=True)
     return found
@@ -144,7 +160,7 @@ async def sweep(layout: Layout, network: NetworkService, priv: Privileged, runni
         ("removed jails of VMs not running", lambda: remove_stale_jails(layout, priv, set(running))),
         ("removed rules of VMs not running", lambda: network.sweep_rules(set(running))),
         ("released devices no VM uses", lambda: release_devices(layout, priv)),
-        ("removed scratch directories", lambda: remove_scratch(layout)),
+        ("removed scratch directories", lambda: remove_scratch(layout, priv)),
     ]
     for what, step in steps:
         try:

@@ -92,7 +92,7 @@ class Lifecycle:
         if modules.exists():
             all_disks.append(Disk(modules, read_only=True))
         all_disks.append(Disk(config_disk, read_only=True))
-        init = (image.manifest.get("extra") or {}).get("cmdline_init")
+        init = image.extra.get("cmdline_init")
         cmdline = bootargs.kernel_cmdline(
             name=name, ip=ip, gateway=self.config.bridge_ip, cidr=self.config.cidr,
             dns=self.config.default_dns, modules_disk=modules.exists(),
@@ -120,7 +120,7 @@ class Lifecycle:
             has_agent = await self.image_has_agent(image)
             handle = await driver.launch(handle_spec)
             vm = self._adopt_launched(vm, driver, handle, tap, accel, undo, agent=has_agent)
-            if wait and has_agent and (image.manifest.get("extra") or {}).get("sshd") is False:
+            if wait and has_agent and image.extra.get("sshd") is False:
                 # An import without sshd is reached only through its agent: that is what "ready" means.
                 reporter.stage("waiting for the guest agent")
                 secs = await self._wait_agent(vm, driver, handle)

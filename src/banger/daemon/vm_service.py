@@ -203,7 +203,7 @@ class VMService:
             return None
         # A template waits for systemd to settle and a clone is re-homed by its agent with iproute2: an
         # image booted by banger-init, or without the agent, would only fail slowly and boot cold anyway.
-        if (image.manifest.get("extra") or {}).get("init") == "banger-init" \
+        if image.extra.get("init") == "banger-init" \
                 or not await self.lifecycle.image_has_agent(image):
             reporter.note(f"snapshot: image {image.name} has no systemd-booted banger-agent to clone; booting cold")
             return None

@@ -45,6 +45,7 @@ from banger.host.vmm import (
     wait_process_gone,
 )
 
+INSTANCE_START_TIMEOUT = 60.0
 API_SOCKET = JAILED_API_SOCKET  # "firecracker.sock", in the VM dir or at the jail's root
 VSOCK_SOCKET = "vsock.sock"
 METRICS = "metrics.json"
@@ -226,7 +227,11 @@ class FirecrackerVMM:
     async def _configure(self, api: FirecrackerAPI, spec: LaunchSpec, paths: FirecrackerPaths) -> None:
         for endpoint, body in config_calls(spec, paths):
             await api.put(endpoint, body)
-        await api.put("/actions", {"action_type": "InstanceStart"})
+        # InstanceStart answers only once Firecracker has built the VM (memory, vCPUs, kernel load). Measured
+        # in the nested tier, where the KVM host is itself emulated: over 5 s while that host was still
+        # tearing down the previous VM. A slow answer is not a hang, so it gets its own, longer bound.
+        start = FirecrackerAPI(api.socket, max(api.timeout, INSTANCE_START_TIMEOUT))
+        await start.put("/actions", {"action_type": "InstanceStart"})
 
     def _handle(self, spec: LaunchSpec, paths: FirecrackerPaths, pid: int) -> Handle:
         return Handle(runtime=self.runtime, pid=pid, vm_dir=spec.vm_dir, control_socket=paths.api,

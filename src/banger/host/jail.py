@@ -6,28 +6,32 @@ and, before it pivots into the chroot, copies Firecracker into it and bind-mount
 any say over a path component there (as it has over everything under its state dir), it could turn that
 copy or the jailer's later ``chown /`` onto a host file by swapping in a symlink. So root makes the whole
 jail, ``<base>/firecracker/ID/root``, and fills it before the jailer runs: what Firecracker opens is
-hard-linked in from descriptors the daemon passes (``vmlinux``, ``initrd``, each regular disk as ``vda``,
+hard-linked in, checked against descriptors the daemon passes (``vmlinux``, ``initrd``, each regular disk as ``vda``,
 ``vdb``..., ``vmm.log``, ``metrics.json``: the same inodes, so a work disk's writes land in the VM's own
-file), and each block device (a dm-snapshot root, a loop) gets a node in ``/dev``, the VMM user's. Only
-then does the jailer add ``/dev/{kvm,net/tun}``, a copy of the firecracker binary and ``firecracker.pid``,
-give ``/`` to ``--uid/--gid`` (after its pivot, where a symlink can no longer lead out) and run Firecracker
-in new mount and pid namespaces (``--new-pid-ns``: the jailer exits once Firecracker runs). Firecracker
+file), and each block device (a dm-snapshot root, a loop) gets a node in ``/dev``, the VMM user's;
+``/dev`` is a tmpfs of the jail's own, so no node made there can be hard-linked anywhere else and outlive
+the VM (a kept node would reach whatever device later gets its number). Only then does the jailer add
+``/dev/{kvm,net/tun,urandom,userfaultfd}``, a copy of the firecracker binary and ``firecracker.pid``, give
+``/`` to ``--uid/--gid`` (after its pivot, where a symlink can no longer lead out) and run Firecracker in
+new mount and pid namespaces (``--new-pid-ns``: the jailer exits once Firecracker runs). Firecracker
 binds ``/firecracker.sock`` and ``/vsock.sock`` in the jail; the daemon uses their host paths (the base,
 ``firecracker`` and ``ID`` are 0711, so the owner may pass through but not change anything).
 
 A jailed process is recognised by its root directory: ``/proc/PID/root`` is the jail's ``root`` (same
-device and inode), which no recycled pid can fake. Removing a jail is root's too (``rmtree`` never follows
-a symlink the VMM user may have left in ``root``).
+device and inode), which no recycled pid can fake (a process of the VMM's user that chroots into its own
+jail would pass too, which gains it nothing: it is then treated as that VM's VMM). Removing a jail is
+root's too: every process in it is killed first, its ``/dev`` unmounted, and ``rm --one-file-system``
+never follows a symlink the VMM's user may have left in ``root``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import re
-import shutil
 import signal
 import stat
 import time
@@ -105,8 +109,9 @@ def prepare(jail: JailPaths, files: list[tuple[str, Path, int]], devices: list[P
     """Make VM ``jail`` afresh as root, before the jailer runs (needs root).
 
     ``files``: (name in the jail, path, open descriptor of that path) triples, hard-linked in; ``devices``:
-    block devices that get a node in the jail's ``/dev`` (mode 0600, ``uid``'s). Every step goes through
-    directory descriptors opened without following symlinks, from a base whose parents are root's alone.
+    block devices that get a node in the jail's ``/dev`` (mode 0600, ``uid``'s). The directories are made
+    through descriptors opened without following symlinks, under a base checked to be root's alone; the
+    ``/dev`` mount goes by path, through directories only root can change at that point.
 
     A file is linked by its path (never following a final symlink), then kept only if the new link is the
     descriptor's very inode: linking the descriptor itself (``/proc/self/fd/N``) would be tighter, but
@@ -143,9 +148,14 @@ def prepare(jail: JailPaths, files: list[tuple[str, Path, int]], devices: list[P
                     else None
                 raise HostError(f"cannot hard-link {name} into the jail {jail.root}: {exc.strerror}",
                                 hint=hint) from exc
+        # /dev is a small tmpfs of the jail's own: every node in it (ours, and the jailer's kvm, net/tun,
+        # urandom, userfaultfd, which it gives the VMM's user) goes with the jail, and a hard link to a node
+        # from anywhere else fails with EXDEV, so no node outlives the VM it was made for.
+        os.close(_mkdir_at("dev", root_fd, 0o755))
+        _mount_dev(jail)
+        dev_fd = os.open("dev", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        opened.append(dev_fd)
         if devices:
-            dev_fd = _mkdir_at("dev", root_fd, 0o755)
-            opened.append(dev_fd)
             for device in devices:
                 st = os.stat(device)
                 name = Path(os.path.realpath(device)).name
@@ -161,12 +171,66 @@ def prepare(jail: JailPaths, files: list[tuple[str, Path, int]], devices: list[P
             os.close(fd)
 
 
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MNT_DETACH, UMOUNT_NOFOLLOW = 0x2, 0x8
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_dev(jail: JailPaths) -> None:
+    """A tmpfs on the jail's ``/dev`` (the path is root's all the way down at this point)."""
+    target = str(jail.root / "dev").encode()
+    if _libc().mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NOEXEC, b"mode=0755,size=1m") != 0:
+        err = ctypes.get_errno()
+        raise HostError(f"cannot mount a tmpfs on {jail.root / 'dev'}: {os.strerror(err)}")
+
+
+def _unmount_dev(jail: JailPaths) -> None:
+    """Detach the jail's ``/dev`` tmpfs, if mounted; never through a symlink the VMM's user left there."""
+    dev = jail.root / "dev"
+    with contextlib.suppress(OSError):
+        if not dev.is_symlink() and os.path.ismount(dev):
+            if _libc().umount2(str(dev).encode(), MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
+                err = ctypes.get_errno()
+                raise HostError(f"cannot unmount {dev}: {os.strerror(err)}")
+
+
+def pids_in(root: Path) -> list[int]:
+    """Every process whose root directory is ``root`` (a jailed VMM, or anything that chrooted there)."""
+    mine = _identity(root)
+    if mine is None:
+        return []
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _identity(e / "root") == mine]
+
+
 def remove(jail: JailPaths) -> None:
-    """Remove the VM's jail directory, if any (idempotent; never follows a symlink inside it)."""
+    """Remove the VM's jail, if any (idempotent): first every process still in it (SIGKILL, waited for: a
+    jail removed under a running VMM would leave a process nothing can find again), then its ``/dev``
+    tmpfs, then the tree (``rm --one-file-system`` never follows a symlink and copes with any depth)."""
+    if not os.path.lexists(jail.dir):
+        return
+    if os.geteuid() == 0:  # root never walks a tree below a directory someone else could change
+        base_fd = open_dir_nofollow(jail.base)
+        try:
+            _root_only(base_fd, jail.base)
+        finally:
+            os.close(base_fd)
     if jail.dir.is_symlink():
         jail.dir.unlink()
-    elif jail.dir.exists():
-        shutil.rmtree(jail.dir)
+        return
+    deadline = time.monotonic() + 10
+    while pids := pids_in(jail.root):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise HostError(f"processes {pids} in the jail {jail.root} survive SIGKILL",
+                            hint="they may be stuck in the kernel (D state); check `ps -o stat,wchan -p PID`")
+        time.sleep(0.05)
+    _unmount_dev(jail)
+    host_run.run_sync(["rm", "-rf", "--one-file-system", "--", str(jail.dir)], timeout=120)
 
 
 def is_block_device(path: Path) -> bool:
@@ -194,7 +258,6 @@ def jailer_argv(jailer: str, exec_file: str, jail: JailPaths, uid: int, gid: int
 
 async def run_jailer(argv: list[str], jail: JailPaths, console_fd: int) -> int:
     """Run the jailer until it has forked Firecracker into the jail; Firecracker's pid (host view)."""
-    jail.pid_file.unlink(missing_ok=True)
     proc = await host_run.start(argv, stdout=console_fd, stderr=console_fd)
     try:
         rc = await asyncio.wait_for(proc.wait(), JAILER_TIMEOUT)
@@ -207,9 +270,26 @@ async def run_jailer(argv: list[str], jail: JailPaths, console_fd: int) -> int:
         raise HostError(f"the jailer for {jail.vm_id} exited with status {rc}",
                         hint="its own message is at the end of the VM's console.log")
     try:
-        return int(jail.pid_file.read_text().strip())
+        return await asyncio.to_thread(_read_pid_file, jail)
     except (OSError, ValueError) as exc:
-        raise HostError(f"the jailer for {jail.vm_id} left no readable {jail.pid_file}") from exc
+        raise HostError(f"the jailer for {jail.vm_id} left no readable {jail.pid_file}: {exc}") from exc
+
+
+def _read_pid_file(jail: JailPaths) -> int:
+    """The jailer's pid file, which root wrote into a directory the VMM's user owns by then: opened without
+    following a symlink or blocking on a FIFO, and believed only if it is a small regular file of root's."""
+    root_fd = open_dir_nofollow(jail.root)
+    try:
+        fd = os.open(PID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_size > 32:
+            raise ValueError("not a small regular file of root's")
+        return int(os.read(fd, 32).decode().strip())
+    finally:
+        os.close(fd)
 
 
 def open_dir_nofollow(path: Path) -> int:

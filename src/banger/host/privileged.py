@@ -186,11 +186,18 @@ class LocalPrivileged:
         As root this writes the map itself (bangerd-root, after its policy check); a daemon run by hand as
         a normal user, outside any unit, uses the setuid newuidmap/newgidmap instead."""
         if os.geteuid() == 0:
-            uid = userns.process_uid(pid)
-            await asyncio.to_thread(userns.write_map, pid, userns.id_map_for(uid))
+            proc_fd = userns.open_process(pid)
+            try:
+                await self.map_userns_fd(proc_fd, userns.process_uid(proc_fd))
+            finally:
+                os.close(proc_fd)
             return
         for argv in userns.newidmap_argv(pid, userns.id_map_for(os.getuid())):
             await run(argv)
+
+    async def map_userns_fd(self, proc_fd: int, owner_uid: int) -> None:
+        """Write ``owner_uid``'s map into the namespace of the process ``/proc`` descriptor ``proc_fd``."""
+        await asyncio.to_thread(userns.write_map, proc_fd, userns.id_map_for(owner_uid))
 
 
 def open_backing(path: Path, read_only: bool) -> int:

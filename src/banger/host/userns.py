@@ -39,6 +39,7 @@ BLOCK = 65536  # ids 0..65535 inside: all a Debian tree or an OCI image uses
 OWNER_INSIDE = BLOCK  # the owner's own uid and gid, seen from inside
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNS = 0x00020000
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,23 @@ def _first_block(path: Path, user: str, uid: int) -> int:
         parts = line.strip().split(":")
         if len(parts) == 3 and parts[0] in (user, str(uid)) and parts[1].isdigit() and parts[2].isdigit():
             if int(parts[2]) >= BLOCK:
-                return int(parts[1])
+                return _checked_block(path, user, uid, int(parts[1]))
     raise HostError(
         f"{user} has no block of {BLOCK} subordinate ids in {path}, so images cannot keep their file owners",
         hint=f"as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user} "
              "(pick a range no other user has)",
     )
+
+
+def _checked_block(path: Path, user: str, uid: int, start: int) -> int:
+    """Refuse a block that holds a real account (root, the owner, anyone in passwd): root of the namespace
+    must be nobody on the host."""
+    taken = sorted(pw.pw_uid for pw in pwd.getpwall() if start <= pw.pw_uid < start + BLOCK)
+    if start == 0 or taken or start <= uid < start + BLOCK:
+        raise HostError(f"{user}'s subordinate ids in {path} ({start}-{start + BLOCK - 1}) include "
+                        f"{'uid 0' if start == 0 else f'the accounts {taken}' if taken else f'its own uid {uid}'}",
+                        hint="give it a block no account uses: usermod --del-subuids/--add-subuids (and subgids)")
+    return start
 
 
 def id_map_for(uid: int) -> IdMap:
@@ -84,25 +96,46 @@ def id_map_for(uid: int) -> IdMap:
     return IdMap(uid, pw.pw_gid, _first_block(SUBUID, pw.pw_name, uid), _first_block(SUBGID, pw.pw_name, uid))
 
 
-def process_uid(pid: int) -> int:
-    """The real uid of ``pid``, refusing a process whose four uids differ (setuid, mid-transition)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+def open_process(pid: int) -> int:
+    """A descriptor of ``/proc/PID``: every later read and write goes through it, so a pid reused meanwhile
+    by another process fails (ESRCH) instead of reaching that process."""
+    return os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _read_at(proc_fd: int, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return os.read(fd, 65536).decode()
+    finally:
+        os.close(fd)
+
+
+def process_uid(proc_fd: int) -> int:
+    """The real uid of the process, refusing one whose four uids differ (setuid, mid-transition)."""
+    uids = next(line.split()[1:] for line in _read_at(proc_fd, "status").splitlines() if line.startswith("Uid:"))
     if len(set(uids)) != 1:
-        raise HostError(f"pid {pid} has mixed uids {uids}")
+        raise HostError(f"the process has mixed uids {uids}")
     return int(uids[0])
 
 
-def user_ns(pid: int) -> str:
-    """The user namespace of ``pid`` (``user:[inode]``)."""
-    return os.readlink(f"/proc/{pid}/ns/user")
+def user_ns(proc_fd: int) -> str:
+    """The process's user namespace (``user:[inode]``)."""
+    return os.readlink("ns/user", dir_fd=proc_fd)
 
 
-def write_map(pid: int, ids: IdMap) -> None:
-    """Write ``ids`` as the id maps of ``pid``'s (new, unmapped) namespace; needs root on the host."""
+def maps_written(proc_fd: int) -> bool:
+    """True once either id map of the process's namespace has been written."""
+    return any(_read_at(proc_fd, name).strip() for name in ("uid_map", "gid_map"))
+
+
+def write_map(proc_fd: int, ids: IdMap) -> None:
+    """Write ``ids`` as the id maps of the process's (new, unmapped) namespace; needs root on the host."""
     for name, text in (("uid_map", ids.uid_map()), ("gid_map", ids.gid_map())):
-        with open(f"/proc/{pid}/{name}", "w") as f:
-            f.write(text)
+        fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
 
 def newidmap_argv(pid: int, ids: IdMap) -> list[list[str]]:
@@ -188,6 +221,12 @@ def _enter(ready_fd: int, go_fd: int, argv: list[str]) -> None:
     os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    # Die with the daemon (set after the uid change, which clears it; kept across exec): what this execs
+    # is ``unshare --pid --kill-child``, so everything below goes too (banger.images.rootless).
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        sys.exit(f"banger: prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    if os.getppid() == 1:  # the daemon was already gone
+        sys.exit("banger: the daemon exited before its user namespace was mapped")
     os.execvp(argv[0], argv)
 
 

@@ -326,7 +326,7 @@ async def _build_as_owner(stage: Path, mirror: str, mise: Path, reporter: Report
                                              timeout=MMDEBSTRAP_TIMEOUT * 2))
     except BaseException:
         for rel in ("tree", "seed"):  # owned by subordinate ids: only the namespace's root may delete them
-            await rootless.remove(stage / rel, mapper)
+            await rootless.remove_quietly(stage / rel, mapper)
         raise
 
 

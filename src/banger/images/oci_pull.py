@@ -69,6 +69,7 @@ async def pull_oci(
         raise AlreadyExists(f"{dest} already exists", hint="remove the image first or pick another name")
     staging = dest.with_name(f".{dest.name}.pull-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    await rootless.remove_quietly(staging, mapper)  # an interrupted pull's, owned by subordinate ids
     staging.mkdir(parents=True)
     try:
         cache = BlobCache(cache_dir)
@@ -91,8 +92,7 @@ async def pull_oci(
         return manifest
     finally:
         await in_thread(shutil.rmtree, staging, True)
-        if os.path.lexists(staging) and os.geteuid() != 0 and mapper is not None:
-            await rootless.remove(staging, mapper)  # a failed flatten's files, owned by subordinate ids
+        await rootless.remove_quietly(staging, mapper)  # a failed flatten's files, owned by subordinate ids
 
 
 async def _build_as_owner(staging: Path, digests: list[str], layers: list[Path], reporter: Reporter, *,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -25,6 +26,7 @@ from banger.errors import BangerError, HostError, from_rpc_error, to_rpc_error
 from banger.host import userns
 from banger.progress import Reporter
 
+log = logging.getLogger("banger.images.rootless")
 Mapper = userns.Mapper
 Task = Callable[[dict[str, Any], Reporter], Coroutine[Any, Any, Any]]
 
@@ -37,10 +39,12 @@ async def in_userns(task: str, args: dict[str, Any], mapper: Mapper, reporter: R
     def on_line(line: str) -> None:
         try:
             msg = json.loads(line)
-            (kind, value), = msg.items()
         except ValueError:
+            msg = None
+        if not (isinstance(msg, dict) and len(msg) == 1):
             reporter.log(line)  # a tool's stray output
             return
+        (kind, value), = msg.items()
         if kind == "stage":
             reporter.stage(str(value))
         elif kind == "progress":
@@ -52,7 +56,10 @@ async def in_userns(task: str, args: dict[str, Any], mapper: Mapper, reporter: R
         else:
             outcome[kind] = value
 
-    argv = [sys.executable, "-m", "banger.images.rootless", task, json.dumps(args)]
+    # In a PID namespace of its own whose init dies with ``unshare`` (which dies with the daemon): a daemon
+    # killed mid-build takes mmdebstrap, apt and dpkg with it instead of leaving them writing.
+    argv = ["unshare", "--pid", "--fork", "--kill-child", "--",
+            sys.executable, "-m", "banger.images.rootless", task, json.dumps(args)]
     try:
         await userns.run(argv, mapper, on_line=on_line, timeout=timeout)
     except HostError:
@@ -67,6 +74,17 @@ async def remove(path: Path, mapper: Mapper) -> None:
     """``rm -rf path`` as the namespace's root: what a failed child left, owned by subordinate ids."""
     if os.path.lexists(path):
         await userns.run(["rm", "-rf", "--one-file-system", "--", str(path)], mapper, timeout=600)
+
+
+async def remove_quietly(path: Path, mapper: Mapper | None) -> None:
+    """:func:`remove` on a failure path: a clean-up that fails too is logged, never raised over the error
+    that caused it (the start-up sweep tries again)."""
+    if mapper is None or os.geteuid() == 0 or not os.path.lexists(path):
+        return
+    try:
+        await remove(path, mapper)
+    except BangerError as exc:
+        log.warning("could not remove a user-namespace leftover", extra={"path": str(path), "error": str(exc)})
 
 
 def give_back(*paths: Path) -> None:
@@ -109,6 +127,9 @@ def main(argv: list[str]) -> int:
         result: Any = asyncio.run(_tasks()[task](args, out))
     except BangerError as exc:
         out._send("error", to_rpc_error(exc))
+        return 1
+    except OSError as exc:  # ENOSPC, EPERM...: said plainly, not as a traceback
+        out._send("error", to_rpc_error(HostError(f"{task}: {exc}")))
         return 1
     out._send("result", result)
     return 0

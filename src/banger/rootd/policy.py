@@ -152,26 +152,36 @@ class Policy:
             raise refuse(f"loop device {device}", f"only loops over files under {self.state_dir}")
         return device
 
-    def check_userns_pid(self, pid: Any) -> int:
-        """An owner's process, all four uids the owner's, alone in a user namespace nobody has mapped yet.
+    def open_userns_target(self, pid: Any) -> int:
+        """A ``/proc`` descriptor of an owner's process (all four uids the owner's) in a user namespace other
+        than the host's whose id maps are both still empty; the caller closes it.
 
-        The map written is never the caller's: it is the owner's own subordinate block (banger.host.userns),
-        so at worst an owner's process gets ids the owner was already given."""
+        The map the helper then writes is never the caller's: it is the owner's own subordinate block
+        (banger.host.userns), so at worst an owner's process gets ids the owner was already given. Every
+        check and the write go through the one descriptor, so a pid reused meanwhile fails instead."""
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
             raise refuse(f"pid {pid!r}", "a process id")
         try:
-            uid = userns.process_uid(pid)
-            ns, ours = userns.user_ns(pid), userns.user_ns(os.getpid())
-            mapped = Path(f"/proc/{pid}/uid_map").read_text().strip()
+            proc_fd = userns.open_process(pid)
+        except OSError as exc:
+            raise refuse(f"mapping pid {pid}", f"no such process: {exc.strerror}") from exc
+        try:
+            uid = userns.process_uid(proc_fd)
+            ns, ours = userns.user_ns(proc_fd), os.readlink("/proc/self/ns/user")
+            written = userns.maps_written(proc_fd)
+            if uid != self.owner_uid:
+                raise refuse(f"mapping pid {pid}", f"it runs as uid {uid}, not the owner {self.owner_uid}")
+            if ns == ours:
+                raise refuse(f"mapping pid {pid}", "it is in the host's user namespace, not a new one")
+            if written:
+                raise refuse(f"mapping pid {pid}", "its user namespace is already mapped")
         except (OSError, StopIteration, HostError) as exc:
+            os.close(proc_fd)
             raise refuse(f"mapping pid {pid}", f"cannot read the process: {exc}") from exc
-        if uid != self.owner_uid:
-            raise refuse(f"mapping pid {pid}", f"it runs as uid {uid}, not the owner {self.owner_uid}")
-        if ns == ours:
-            raise refuse(f"mapping pid {pid}", "it is in the host's user namespace, not a new one")
-        if mapped:
-            raise refuse(f"mapping pid {pid}", "its user namespace is already mapped")
-        return pid
+        except BaseException:
+            os.close(proc_fd)
+            raise
+        return proc_fd
 
     # --- the jailer ----------------------------------------------------------------------------------
 
@@ -190,9 +200,8 @@ class Policy:
             raise refuse(f"a jailed VMM as gid {a.get('gid')!r}", f"it runs as the owner's group {self.owner_gid}")
         base = self.check_jail_base(a.get("chroot_base"))
         netns = a.get("netns")
-        if netns is not None and (not isinstance(netns, str) or not NETNS_RE.match(netns)
-                                  or not Path("/run/netns", netns).exists()):
-            raise refuse(f"network namespace {netns!r}", "none, or one named in /run/netns")
+        if netns is not None and not _is_our_netns(netns):
+            raise refuse(f"network namespace {netns!r}", "none, or the one bangerd-root itself runs in")
         return vm_id, jailer, exec_file, base, netns
 
     def check_jail_files(self, files: Any, fds: list[int]) -> list[tuple[str, Path, int]]:
@@ -226,6 +235,13 @@ class Policy:
             if isinstance(device, str) and device.startswith("/dev/mapper/"):
                 if device != str(dm.device_path(self.check_dm_name(device.removeprefix("/dev/mapper/")))):
                     raise refuse(f"device {device!r}", "a dm device by its /dev/mapper name")
+                # Not by name alone (another install, or root's own banger, uses the same prefix): every
+                # device under it must be a loop over a file of this state dir, as dm_create requires.
+                slaves = _dm_slaves(device)
+                if not slaves:
+                    raise refuse(f"device {device!r}", "a dm device over loops the helper attached")
+                for loop in slaves:
+                    await self.check_loop(loop)
             else:
                 await self.check_loop(device)
         return [str(d) for d in devices]
@@ -242,6 +258,26 @@ class Policy:
     def state_files(self) -> set[tuple[int, int, int]]:
         """(major, minor, inode) of the regular files under the state dir (images, VM disks: a few dozen)."""
         return loopdev.file_identities(self.state_dir)
+
+
+def _is_our_netns(name: Any) -> bool:
+    """``name`` is a namespace in /run/netns that is the helper's own (tests run both daemons inside one)."""
+    if not isinstance(name, str) or not NETNS_RE.match(name):
+        return False
+    try:
+        theirs, ours = os.stat(Path("/run/netns", name)), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _dm_slaves(device: str) -> list[str]:
+    """The block devices a dm device sits on (``/dev/loopN`` ...), from sysfs."""
+    try:
+        name = Path(os.path.realpath(device)).name  # dm-N
+        return [f"/dev/{p.name}" for p in sorted(Path("/sys/block", name, "slaves").iterdir())]
+    except OSError:
+        return []
 
 
 def _configured(name: str, what: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from banger.errors import BangerError, PermissionDenied, ProtocolError, to_rpc_error
+from banger.errors import BangerError, HostError, PermissionDenied, ProtocolError, to_rpc_error
 from banger.host import dm
 from banger.host.privileged import LocalPrivileged, read_message
 from banger.rootd.policy import Policy, check_args, refuse
@@ -60,7 +60,7 @@ class RootHelper:
             "set_resolved_link_dns": ({"link", "server", "domain"}, self._route_dns),
             "revert_resolved_link": ({"link"}, lambda a, _: self.local.revert_resolved_link(
                 p.check_bridge(a.get("link")))),
-            "map_userns": ({"pid"}, lambda a, _: self.local.map_userns(p.check_userns_pid(a.get("pid")))),
+            "map_userns": ({"pid"}, self._map_userns),
             "jail_firecracker": ({"vm_id", "jailer", "exec_file", "uid", "gid", "chroot_base", "netns", "files",
                                   "devices"}, self._jail_firecracker),
             "remove_jail": ({"vm_id", "chroot_base"}, lambda a, _: self.local.remove_jail(
@@ -121,6 +121,13 @@ class RootHelper:
         assert self.policy.owner_gid is not None  # check_jail refuses without it
         return await self.local.jail_firecracker_fd(vm_id, jailer, exec_file, self.policy.owner_uid,
                                                     self.policy.owner_gid, base, netns, files, devices, console)
+
+    async def _map_userns(self, a: dict[str, Any], _fds: list[int]) -> None:
+        proc_fd = self.policy.open_userns_target(a.get("pid"))
+        try:
+            await self.local.map_userns_fd(proc_fd, self.policy.owner_uid)
+        finally:
+            os.close(proc_fd)
 
     async def _route_dns(self, a: dict[str, Any], _fds: list[int]) -> None:
         self.policy.check_resolver(a.get("link"), a.get("server"), a.get("domain"))
@@ -193,6 +200,7 @@ class Server:
 
     async def _serve_one(self, conn: socket.socket) -> None:
         fds: list[int] = []
+        request: dict[str, Any] | None = None
         try:
             pid, uid = _peer(conn)
             if uid not in (0, self.owner_uid):
@@ -204,18 +212,20 @@ class Server:
                 conn.close()
                 return
             try:
-                request = json.loads(data)
+                parsed = json.loads(data)
             except ValueError as exc:
                 raise ProtocolError("bangerd-root requests are one JSON object") from exc
-            if not isinstance(request, dict):
+            if not isinstance(parsed, dict):
                 raise ProtocolError("bangerd-root requests are one JSON object")
+            request = parsed
             async with self._lock:
                 result = await self.helper.handle(request.get("op"), request.get("args", {}), fds)
             log.info("done", extra={"op": request.get("op"), "uid": uid})
             reply: dict[str, Any] = {"result": result}
         except (BangerError, OSError, BaseExceptionGroup) as exc:
-            if not isinstance(exc, BangerError | BaseExceptionGroup):
-                exc = ProtocolError(f"bangerd-root could not read the request: {exc}")
+            if isinstance(exc, OSError):  # the request could not be read, or the operation hit the host
+                what = f"{request.get('op')!r} failed" if request is not None else "could not read the request"
+                exc = (HostError if request is not None else ProtocolError)(f"bangerd-root {what}: {exc}")
             log.info("refused or failed", extra={"error": str(exc).splitlines()[0]})
             reply = {"error": to_rpc_error(exc)}
         except Exception as exc:  # a bug: the caller gets an internal error, the helper keeps serving

@@ -39,7 +39,7 @@ KVM_AMD_OPTIONS = {"nested": "1", "npt": "1", "vgif": "0", "vls": "0", "lbrv": "
 KVM_HOST_VCPU = 1
 # Two vCPUs for the nested guests, as a user would have: with one, boots were no faster (create 85 s
 # against 89 s) and a restart timed out waiting for /dev/vdb.
-NESTED_VCPU = 2
+NESTED_VCPU = int(os.environ.get("BANGER_NESTED_VCPU", "2"))
 KVM_HOST_MEMORY_MIB = 4096
 KVM_HOST_DISK = "16G"
 INNER_HOME = "/root/inner"
