@@ -208,6 +208,7 @@ def _enter(ready_fd: int, go_fd: int, argv: list[str]) -> None:
     """The child: unshare, wait for the map, become root inside, exec ``argv``. Single-threaded here."""
     import ctypes
 
+    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
@@ -225,7 +226,7 @@ def _enter(ready_fd: int, go_fd: int, argv: list[str]) -> None:
     # is ``unshare --pid --kill-child``, so everything below goes too (banger.images.rootless).
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         sys.exit(f"banger: prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
-    if os.getppid() == 1:  # the daemon was already gone
+    if os.getppid() != parent:  # the daemon was already gone (we were reparented)
         sys.exit("banger: the daemon exited before its user namespace was mapped")
     os.execvp(argv[0], argv)
 
