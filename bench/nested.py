@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from banger.testing.firecracker import firecracker_binary  # noqa: E402
+from banger.testing.firecracker import firecracker_binary, jailer_binary  # noqa: E402
 from banger.testing.nested import (  # noqa: E402
     KvmHost,
     build_kvm_host_rootfs,
@@ -45,6 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     cache = cache_root()
     kernel, golden = build_default_kernel(), build_golden_image()
+    jailer_binary(cache)  # beside Firecracker in the cache: the inner banger jails it (jailer = auto)
     image = build_nested_image(cache, build_kvm_host_rootfs(cache, DEBIAN_MIRROR), kernel, golden,
                                firecracker_binary(cache))
     started = time.monotonic()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.testing.firecracker import firecracker_binary
+from banger.testing.firecracker import firecracker_binary, jailer_binary
 from banger.testing.nested import KvmHost, build_kvm_host_rootfs, build_nested_image, build_wheels
 from banger.testing.netns import NetNS
 
@@ -24,8 +24,9 @@ def nested_image(banger_test_cache: Path, default_kernel: Path, golden_image: Pa
     with open(banger_test_cache / ".kvm-host.lock", "w") as lock:  # one build when runs overlap
         fcntl.flock(lock, fcntl.LOCK_EX)
         kvm_host = build_kvm_host_rootfs(banger_test_cache, DEBIAN_MIRROR)
-        return build_nested_image(banger_test_cache, kvm_host, default_kernel, golden_image,
-                                  firecracker_binary(banger_test_cache))
+        firecracker = firecracker_binary(banger_test_cache)
+        jailer_binary(banger_test_cache)  # beside it: the inner banger jails Firecracker
+        return build_nested_image(banger_test_cache, kvm_host, default_kernel, golden_image, firecracker)
 
 
 @pytest.fixture(scope="session")

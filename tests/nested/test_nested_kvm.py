@@ -36,13 +36,18 @@ def _nothing_left(host: KvmHost) -> None:
     _ok(host, "daemon", "stop")
     left = host.sh("pgrep -a -x firecracker; pgrep -a -x qemu-system-x86; ip -o link | grep -o 'bgt-[0-9a-f]*';"
                    " losetup -a | grep /root/inner; dmsetup ls 2>/dev/null | grep banger-;"
-                   " ls /root/inner/state/vms", check=False)
+                   " ls /root/inner/state/vms; ls /root/inner/state-jail/firecracker 2>/dev/null", check=False)
     assert left.stdout.strip() == "", f"left in the KVM host:\n{left.stdout}"
 
 
 def test_firecracker_end_to_end(kvm_host: KvmHost) -> None:
     created = _ok(kvm_host, "vm", "create", "--name", "fc")
-    assert "Firecracker with KVM" in created, created
+    assert "Firecracker with KVM" in created and "runs under its jailer" in created, created
+    # Its root directory is the jail's (readlink shows "/" after the jailer's pivot; the inode tells).
+    jailed = kvm_host.sh("pid=$(pgrep -x firecracker | head -1); [ \"$(stat -Lc %d:%i /proc/$pid/root)\" = "
+                         "\"$(stat -c %d:%i /root/inner/state-jail/firecracker/*/root)\" ] && echo jailed",
+                         check=False).stdout.strip()
+    assert jailed == "jailed", "the inner Firecracker is not in its jail"
     shown = _ok(kvm_host, "vm", "show", "fc", "--json")
     assert '"runtime": "firecracker"' in shown
     assert kvm_host.banger("vm", "exec", "fc", "--", "true").returncode == 0

@@ -72,6 +72,7 @@ runtime = "auto"
 bridge_ip = "172.31.0.1"
 cidr = "172.31.0.0/24"
 firecracker_bin = "/root/nested/firecracker"
+jailer_bin = "/root/nested/jailer"
 kvm_probe_timeout = "120s"
 ssh_ready_timeout = "300s"
 tap_pool_size = 1
@@ -101,11 +102,14 @@ def build_kvm_host_rootfs(cache: Path, mirror: str) -> Path:
 
 
 def build_nested_image(cache: Path, kvm_host: Path, kernel: Path, golden: Path, firecracker: Path) -> Path:
-    """An image dir for the KVM host: its rootfs, and a work seed holding what the inner banger boots."""
+    """An image dir for the KVM host: its rootfs, and a work seed holding what the inner banger boots
+    (Firecracker's ``jailer`` beside it, so the inner default ``jailer = auto`` jails every Firecracker)."""
     from banger.images.seed import make_seed_image
 
+    jailer = firecracker.parent / "jailer"
     key = _digest(*(json.loads((d / "manifest.json").read_text()).get("rootfs_sha256", d) for d in (kvm_host, golden)),
-                  (kernel / "manifest.json").read_text(), firecracker.stat().st_size, firecracker.stat().st_mtime)
+                  (kernel / "manifest.json").read_text(), firecracker.stat().st_size, firecracker.stat().st_mtime,
+                  jailer.stat().st_size)
     dest = cache / "nested-image" / key
     if (dest / "manifest.json").is_file():
         return dest
@@ -118,6 +122,7 @@ def build_nested_image(cache: Path, kvm_host: Path, kernel: Path, golden: Path, 
             for f in src.iterdir():
                 _link_or_copy(f, tree / sub / f.name)
         _link_or_copy(firecracker, tree / "firecracker")
+        _link_or_copy(jailer, tree / "jailer")
         asyncio.run(make_seed_image(stage / "tree", stage / "work-seed.ext4"))
         (stage / "rootfs.ext4").symlink_to((kvm_host / "rootfs.ext4").resolve())
         manifest = json.loads((kvm_host / "manifest.json").read_text())
