@@ -26,10 +26,13 @@ cache=${BANGER_TEST_CACHE:-/var/tmp/banger-test-cache}
 mkdir -p "$cache"
 
 root=$(mktemp -d /var/tmp/banger-fresh-root.XXXXXX)
+rootid=""
 cleanup() {
   local rc=$? p left=""
   # Anything still running inside the root is a leak the run should have cleaned up: say so, then end it.
-  for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && left="$left ${p#/proc/}"; done
+  for p in /proc/[0-9]*; do
+    [ -n "$rootid" ] && [ "$(stat -Lc %d:%i "$p/root" 2>/dev/null)" = "$rootid" ] && left="$left ${p#/proc/}"
+  done
   if [ -n "$left" ]; then
     echo "in-fresh-debian: the run left processes behind:" >&2
     for p in $left; do echo "  $p $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | cut -c1-120)" >&2; done
@@ -43,6 +46,7 @@ cleanup() {
 trap cleanup EXIT
 tar -C "$root" -xf "$base"
 mount --bind "$root" "$root"  # a mount point, so `ip netns exec` can remount / as a slave inside it
+rootid=$(stat -c %d:%i "$root")  # what a process inside has as its root (the leak check's test)
 for f in /etc/resolv.conf /etc/apt/sources.list.d /etc/apt/apt.conf.d /etc/pip.conf /etc/xdg/pip /etc/ssl/certs \
          /usr/local/share/ca-certificates; do
   if [ -e "$f" ]; then mkdir -p "$root$(dirname "$f")"; cp -a "$f" "$root$(dirname "$f")/"; fi
@@ -59,5 +63,9 @@ mount --bind "$cache" "$root$cache"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -C "$root/src" -xf -
 # The machine's package-mirror settings travel along (pip options, CA bundles, proxies), nothing else.
 mapfile -t keep < <(env | grep -E '^(PIP_[A-Z_]*|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|GIT_SSL_CAINFO|(https?|no)_proxy|(HTTPS?|NO)_PROXY|CI)=' || true)
+# Into the root with pivot_root in a mount namespace of its own, not chroot: a chrooted process may not
+# create user namespaces (EPERM), and an owner's image builds run in one (banger.host.userns).
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb LANG=C.UTF-8 BANGER_TEST_CACHE="$cache" "${keep[@]}" \
-  chroot "$root" bash -c 'cd /src && exec "$@"' _ "$@"
+  unshare --mount --propagation private --fork -- /bin/sh -c \
+  'cd "$1" && mkdir .old-root && pivot_root . .old-root && cd / && umount -l /.old-root && rmdir /.old-root &&
+   shift && cd /src && exec bash -c '"'"'exec "$@"'"'"' _ "$@"' _ "$root" "$@"
