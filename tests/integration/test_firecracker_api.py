@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 import time
 from pathlib import Path
 
@@ -20,29 +19,13 @@ from banger.host.firecracker import (
 )
 from banger.host.kvm_probe import CACHE_FILE, probe_kvm_boot
 from banger.host.vmm import Disk, Handle, LaunchSpec, driver_for, mac_for
-from banger.testing.firecracker import firecracker_binary
+from banger.testing.firecracker import firecracker_binary, sparse, tiny_elf
 from banger.testing.netns import NetNS
 
 
 @pytest.fixture(scope="session")
 def firecracker_bin(banger_test_cache: Path) -> str:
     return str(firecracker_binary(banger_test_cache))
-
-
-def tiny_elf(path: Path) -> Path:
-    """A minimal x86-64 ELF whose one segment (hlt; jmp) loads at 16 MiB: enough for Firecracker's loader."""
-    code = b"\xf4\xeb\xfd"
-    ehdr = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0,
-                       2, 62, 1, 0x1000000, 64, 0, 0, 64, 56, 1, 0, 0, 0)
-    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x1000000, 0x1000000, len(code), len(code), 0x1000)
-    path.write_bytes(ehdr + phdr + bytes(0x1000 - len(ehdr) - len(phdr)) + code)
-    return path
-
-
-def sparse(path: Path, size: int = 64 << 20) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
 
 
 def spec_for(tmp_path: Path, **changes: object) -> LaunchSpec:

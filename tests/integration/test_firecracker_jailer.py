@@ -7,7 +7,6 @@ the jail's API socket, and leave no jail directory, process or device node after
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,26 +21,10 @@ from banger.host.firecracker import FirecrackerVMM, Jail
 from banger.host.privileged import LocalPrivileged
 from banger.host.vmm import Disk, Handle, LaunchSpec
 from banger.paths import Layout
-from banger.testing.firecracker import firecracker_binary, jailer_binary
+from banger.testing.firecracker import firecracker_binary, jailer_binary, sparse, tiny_elf
 from banger.testing.netns import NetNS
 
 NOBODY = 65534
-
-
-def tiny_elf(path: Path) -> Path:
-    """A minimal x86-64 ELF (hlt; jmp) at 16 MiB: enough for Firecracker's loader (as in test_firecracker_api)."""
-    code = b"\xf4\xeb\xfd"
-    ehdr = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0,
-                       2, 62, 1, 0x1000000, 64, 0, 0, 64, 56, 1, 0, 0, 0)
-    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x1000000, 0x1000000, len(code), len(code), 0x1000)
-    path.write_bytes(ehdr + phdr + bytes(0x1000 - len(ehdr) - len(phdr)) + code)
-    return path
-
-
-def sparse(path: Path, size: int = 64 << 20) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import contextlib
 import inspect
 import logging
 import os
-import re
 import shutil
 import signal
 from collections.abc import Callable
@@ -34,13 +33,13 @@ from banger.errors import BangerError
 from banger.host import jail
 from banger.host.privileged import Privileged
 from banger.images import rootless
+from banger.names import VM_ID_RE
 from banger.paths import Layout
 
 log = logging.getLogger("banger.daemon.sweep")
 
 
 VMM_PROGRAMS = (b"qemu-system-", b"firecracker", b"jailer")
-VM_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
 def orphan_vmms(vms_dir: Path, adopted: set[int]) -> list[int]:
@@ -91,7 +90,7 @@ async def remove_stale_jails(layout: Layout, priv: Privileged, running: set[str]
     stale = [p for p in jail.stale_jails(base, running) if p.name not in live]
     removed = []
     for path in stale:
-        if not VM_ID_RE.match(path.name):
+        if not VM_ID_RE.fullmatch(path.name):
             continue  # not banger's (the helper would refuse the name)
         try:
             await priv.remove_jail(path.name, base)

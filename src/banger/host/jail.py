@@ -40,6 +40,7 @@ from pathlib import Path
 
 from banger.errors import HostError, InvalidArgument
 from banger.host import run as host_run
+from banger.host.vmm import kill_until_gone, signal_if, wait_gone
 
 JAIL_DIR = "jail"
 EXEC_NAME = "firecracker"  # the jailer names the chroot after the exec file, and wants "firecracker" in it
@@ -322,27 +323,17 @@ def process_in(pid: int, root: Path) -> bool:
 
 def signal_jailed(pid: int, root: Path, sig: int = signal.SIGKILL) -> None:
     """Send ``sig`` to ``pid`` only while it is the process jailed in ``root``."""
-    if process_in(pid, root):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+    signal_if(pid, lambda: process_in(pid, root), sig)
 
 
 async def wait_jailed_gone(pid: int, root: Path, within: float) -> bool:
     """Poll until the jailed process is gone; False if it is still there after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while process_in(pid, root):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+    return await wait_gone(lambda: process_in(pid, root), within)
 
 
 async def kill_jailed(pid: int, root: Path, what: str) -> None:
     """SIGKILL the jailed process and wait for it to disappear; HostError if it will not."""
-    signal_jailed(pid, root)
-    if not await wait_jailed_gone(pid, root, 10):
-        raise HostError(f"{what} (pid {pid}) is still running 10s after SIGKILL",
-                        hint="it may be stuck in the kernel (D state); check `ps -o stat,wchan -p PID`")
+    await kill_until_gone(pid, lambda: process_in(pid, root), what)
 
 
 def jail_roots(base: Path) -> dict[tuple[int, int], str]:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -201,29 +202,44 @@ def process_matches(pid: int, marker: Path) -> bool:
     return os.fsencode(marker) in cmdline
 
 
-def signal_process(pid: int, marker: Path, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to ``pid`` only if it is still the process identified by ``marker``."""
-    if process_matches(pid, marker):
+def signal_if(pid: int, ours: Callable[[], bool], sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``pid`` only while ``ours()`` says it is still the process meant (not a recycled pid)."""
+    if ours():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
 
-async def wait_process_gone(pid: int, marker: Path, within: float) -> bool:
-    """Poll until the process is gone; False if it is still there after ``within`` seconds."""
+async def wait_gone(ours: Callable[[], bool], within: float) -> bool:
+    """Poll until ``ours()`` is false; False if it is still true after ``within`` seconds."""
     deadline = time.monotonic() + within
-    while process_matches(pid, marker):
+    while ours():
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.05)
     return True
 
 
-async def kill_and_wait(pid: int, marker: Path, what: str) -> None:
-    """SIGKILL the process and wait for it to disappear; HostError if it will not."""
-    signal_process(pid, marker, signal.SIGKILL)
-    if not await wait_process_gone(pid, marker, 10):
+async def kill_until_gone(pid: int, ours: Callable[[], bool], what: str) -> None:
+    """SIGKILL ``pid`` (while ``ours()``) and wait for it to disappear; HostError if it will not."""
+    signal_if(pid, ours)
+    if not await wait_gone(ours, 10):
         raise HostError(f"{what} (pid {pid}) is still running 10s after SIGKILL",
                         hint="it may be stuck in the kernel (D state); check `ps -o stat,wchan -p PID`")
+
+
+def signal_process(pid: int, marker: Path, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``pid`` only if it is still the process identified by ``marker``."""
+    signal_if(pid, lambda: process_matches(pid, marker), sig)
+
+
+async def wait_process_gone(pid: int, marker: Path, within: float) -> bool:
+    """Poll until the process identified by ``marker`` is gone; False if it is still there after ``within``."""
+    return await wait_gone(lambda: process_matches(pid, marker), within)
+
+
+async def kill_and_wait(pid: int, marker: Path, what: str) -> None:
+    """SIGKILL the process identified by ``marker`` and wait for it to disappear; HostError if it will not."""
+    await kill_until_gone(pid, lambda: process_matches(pid, marker), what)
 
 
 def log_tail(path: Path, lines: int = 5) -> str:

