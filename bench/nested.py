@@ -3,11 +3,12 @@ inside a KVM host VM (banger.testing.nested: QEMU TCG with nested SVM, banger in
 
 Usage: python bench/nested.py [--runs 3]     (root; uses the test cache's kernel, images and Firecracker)
 
-Per run, interleaved so the machine's noise hits all three alike:
+Per run, interleaved so the machine's noise hits all alike:
 - plain Firecracker: `firecracker --no-api` over a fresh VM's disks, exec to the first `ssh true`;
-- `vm run --rm -- true` with Firecracker and with `--runtime qemu` (KVM), timed inside the KVM host;
-- boot to SSH (`vm create`) and `vm workspace prepare` of a small repo, for each VMM.
-Prints medians and banger-Firecracker / plain-Firecracker.
+- `vm run --rm -- true`: Firecracker (cold: banger has no Firecracker snapshots yet), QEMU+KVM cold
+  (`--cold`) and QEMU+KVM cloned from its snapshot template (built once before the runs, not counted);
+- boot to SSH (`vm create`, cold for both VMMs) and `vm workspace prepare` of a small repo, per VMM.
+Prints medians and banger-Firecracker / plain-Firecracker, and any clone that fell back to a cold boot.
 """
 
 from __future__ import annotations
@@ -61,27 +62,34 @@ def main() -> int:
             host.setup(wheels)
             setup_host = time.monotonic() - t
             host.sh(REPO)
-            rc, warm = timed_inside(host, "vm", "run", "--rm", "--", "true")  # the probe, the bridge
+            rc, warm, _ = timed_inside(host, "vm", "run", "--rm", "--", "true")  # the probe, the bridge
             assert rc == 0, "warm-up run failed"
-            rows: dict[str, list[float]] = {k: [] for k in (
-                "plain firecracker: exec to ssh true", "banger firecracker: vm run --rm -- true",
-                "banger qemu-kvm: vm run --rm -- true", "firecracker: vm create (boot to ssh)",
-                "qemu-kvm: vm create (boot to ssh)", "firecracker: workspace prepare (200 files)",
-                "qemu-kvm: workspace prepare (200 files)")}
+            rc, template, _ = timed_inside(host, "vm", "templates", "build", "--runtime", "qemu")
+            assert rc == 0, "the QEMU+KVM template build failed"
+            runs = (("banger firecracker", ["--runtime", "firecracker"]),
+                    ("banger qemu-kvm cold", ["--runtime", "qemu", "--cold"]),
+                    ("banger qemu-kvm clone", ["--runtime", "qemu"]))
+            boots = (("firecracker", ["--runtime", "firecracker"]), ("qemu-kvm", ["--runtime", "qemu", "--cold"]))
+            rows: dict[str, list[float]] = {"plain firecracker: exec to ssh true": []}
+            rows.update({f"{label}: vm run --rm -- true": [] for label, _ in runs})
+            rows.update({f"{label}: vm create (boot to ssh)": [] for label, _ in boots})
+            rows.update({f"{label}: workspace prepare (200 files)": [] for label, _ in boots})
+            notes: list[str] = []
             for i in range(args.runs):
                 rows["plain firecracker: exec to ssh true"].append(plain_firecracker_seconds(host))
-                for runtime, label in (("firecracker", "banger firecracker"), ("qemu", "banger qemu-kvm")):
-                    rc, secs = timed_inside(host, "vm", "run", "--runtime", runtime, "--rm", "--", "true")
+                for label, extra in runs:
+                    rc, secs, note = timed_inside(host, "vm", "run", *extra, "--rm", "--", "true")
                     assert rc == 0, f"{label} run {i} failed"
                     rows[f"{label}: vm run --rm -- true"].append(secs)
-                for runtime, label in (("firecracker", "firecracker"), ("qemu", "qemu-kvm")):
-                    rc, secs = timed_inside(host, "vm", "create", "--runtime", runtime, "--name", f"b{runtime[:2]}")
+                    notes += [f"{label} run {i}: {line}" for line in note.splitlines()]
+                for label, extra in boots:
+                    rc, secs, _ = timed_inside(host, "vm", "create", *extra, "--name", "bv")
                     assert rc == 0, f"{label} create {i} failed"
                     rows[f"{label}: vm create (boot to ssh)"].append(secs)
-                    rc, secs = timed_inside(host, "vm", "workspace", "prepare", f"b{runtime[:2]}", "/root/src")
+                    rc, secs, _ = timed_inside(host, "vm", "workspace", "prepare", "bv", "/root/src")
                     assert rc == 0, f"{label} prepare {i} failed"
                     rows[f"{label}: workspace prepare (200 files)"].append(secs)
-                    host.banger("vm", "delete", f"b{runtime[:2]}")
+                    host.banger("vm", "delete", "bv")
         except BaseException:
             sys.stderr.write(host.diagnostics())
             raise
@@ -89,12 +97,17 @@ def main() -> int:
             home.cli("vm", "kill", host.name, timeout=120)
             home.cleanup()
     print(f"KVM host: boot {boot_host:.1f}s, setup (kvm_amd, venv from wheels, inner home) {setup_host:.1f}s, "
-          f"first inner vm run (probe included) {warm:.1f}s; {args.runs} runs, medians:")
+          f"first inner vm run (probe included) {warm:.1f}s, QEMU+KVM template build {template:.1f}s; "
+          f"{args.runs} runs, medians:")
     for label, values in rows.items():
         print(f"  {label:45s} {statistics.median(values):6.1f}s   ({', '.join(f'{v:.1f}' for v in values)})")
     ratio = statistics.median(rows["banger firecracker: vm run --rm -- true"]) / statistics.median(
         rows["plain firecracker: exec to ssh true"])
     print(f"  banger firecracker vm run / plain firecracker: {ratio:.2f}x (target <= 1.10x)")
+    clone, cold = (statistics.median(rows[f"banger qemu-kvm {k}: vm run --rm -- true"]) for k in ("clone", "cold"))
+    print(f"  qemu-kvm vm run, clone / cold: {clone / cold:.2f}x")
+    for note in notes:
+        print(f"  note: {note}")
     print(f"wall time: {time.monotonic() - started:.0f}s")
     return 0
 

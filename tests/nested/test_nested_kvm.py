@@ -2,7 +2,7 @@
 
 With the default runtime `auto` the boot probe picks Firecracker; every VM-facing command is then run the
 way a user on a KVM host would, and afterwards nothing is left in the KVM host. The same for
-`--runtime qemu` (`-accel kvm`). Firecracker boots in a row must all succeed: three in every run (each
+`--runtime qemu` (`-accel kvm`). Firecracker boots in a row must all succeed: two in every run (each
 nested boot is about a minute under TCG), ten with BANGER_NESTED_BOOTS=10 (scripts/test-nested.sh).
 """
 
@@ -90,7 +90,7 @@ def test_qemu_with_kvm_end_to_end(kvm_host: KvmHost) -> None:
     _nothing_left(kvm_host)
 
 
-BOOTS = int(os.environ.get("BANGER_NESTED_BOOTS", "3"))
+BOOTS = int(os.environ.get("BANGER_NESTED_BOOTS", "2"))
 
 
 def test_firecracker_boots_in_a_row(kvm_host: KvmHost) -> None:

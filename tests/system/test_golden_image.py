@@ -46,7 +46,7 @@ async def test_sshd_dropin_is_root_owned_and_locks_out_passwords(golden_image: P
 
 async def test_fstab_mounts_the_work_disk_at_root(golden_image: Path) -> None:
     fstab = await _cat(golden_image / ROOTFS, "/etc/fstab")
-    assert "/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2" in fstab
+    assert "/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=300s 0 2" in fstab
     assert "/dev/vda / ext4 defaults,errors=remount-ro 0 1" in fstab
 
 

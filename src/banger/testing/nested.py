@@ -327,9 +327,11 @@ def plain_firecracker_seconds(host: KvmHost, vm: str = "plain") -> float:
         host.banger("vm", "delete", vm)
 
 
-def timed_inside(host: KvmHost, *args: str) -> tuple[int, float]:
-    """``banger ARGS`` in the KVM host, timed there (no outer ssh in the figure): (exit status, seconds)."""
-    script = (f"s=$(date +%s.%N); BANGER_HOME={INNER_HOME} {INNER_BANGER} {shlex.join(args)} >/dev/null 2>&1; "
-              "rc=$?; e=$(date +%s.%N); echo \"$rc $s $e\"")
-    rc, start, end = host.sh(script, check=False).stdout.split()[-3:]
-    return int(rc), float(end) - float(start)
+def timed_inside(host: KvmHost, *args: str) -> tuple[int, float, str]:
+    """``banger ARGS`` in the KVM host, timed there (no outer ssh in the figure): (exit status, seconds, and
+    the command's ``snapshot:`` notes, which say when a clone fell back to a cold boot)."""
+    script = (f"s=$(date +%s.%N); BANGER_HOME={INNER_HOME} {INNER_BANGER} {shlex.join(args)} >/dev/null 2>/tmp/err; "
+              "rc=$?; e=$(date +%s.%N); grep -h 'snapshot:' /tmp/err; echo \"$rc $s $e\"")
+    lines = host.sh(script, check=False).stdout.strip().splitlines()
+    rc, start, end = lines[-1].split()
+    return int(rc), float(end) - float(start), "\n".join(lines[:-1])
