@@ -2,18 +2,14 @@
 
 With the default runtime `auto` the boot probe picks Firecracker; every VM-facing command is then run the
 way a user on a KVM host would, and afterwards nothing is left in the KVM host. The same for
-`--runtime qemu` (`-accel kvm`). Firecracker boots in a row must all succeed: two in every run (each
-nested boot is about a minute under TCG), ten with BANGER_NESTED_BOOTS=10 (scripts/test-nested.sh).
+`--runtime qemu` (`-accel kvm`). Firecracker boots in a row: test_nested_boots.py.
 """
 
 from __future__ import annotations
 
-import os
-import statistics
-
 import pytest
 
-from banger.testing.nested import KvmHost
+from banger.testing.nested import KvmHost, assert_nothing_left, inner_ok
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(3600)]
 
@@ -24,31 +20,15 @@ REPO = (
 )
 
 
-def _ok(host: KvmHost, *args: str, timeout: float = 900) -> str:
-    out = host.banger(*args, timeout=timeout)
-    print(f"  inner banger {' '.join(args)}: exit {out.returncode} in {out.seconds:.1f}s")
-    assert out.returncode == 0, f"inner banger {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
-    return out.stdout + out.stderr
-
-
-def _nothing_left(host: KvmHost) -> None:
-    """After the inner daemon stops: no VMM, TAP, loop or dm device, VM directory of banger's."""
-    _ok(host, "daemon", "stop")
-    left = host.sh("pgrep -a -x firecracker; pgrep -a -x qemu-system-x86; ip -o link | grep -o 'bgt-[0-9a-f]*';"
-                   " losetup -a | grep /root/inner; dmsetup ls 2>/dev/null | grep banger-;"
-                   " ls /root/inner/state/vms; ls /root/inner/state-jail/firecracker 2>/dev/null", check=False)
-    assert left.stdout.strip() == "", f"left in the KVM host:\n{left.stdout}"
-
-
 def test_firecracker_end_to_end(kvm_host: KvmHost) -> None:
-    created = _ok(kvm_host, "vm", "create", "--name", "fc")
+    created = inner_ok(kvm_host, "vm", "create", "--name", "fc")
     assert "Firecracker with KVM" in created and "runs under its jailer" in created, created
     # Its root directory is the jail's (readlink shows "/" after the jailer's pivot; the inode tells).
     jailed = kvm_host.sh("pid=$(pgrep -x firecracker | head -1); [ \"$(stat -Lc %d:%i /proc/$pid/root)\" = "
                          "\"$(stat -c %d:%i /root/inner/state-jail/firecracker/*/root)\" ] && echo jailed",
                          check=False).stdout.strip()
     assert jailed == "jailed", "the inner Firecracker is not in its jail"
-    shown = _ok(kvm_host, "vm", "show", "fc", "--json")
+    shown = inner_ok(kvm_host, "vm", "show", "fc", "--json")
     assert '"runtime": "firecracker"' in shown
     assert kvm_host.banger("vm", "exec", "fc", "--", "true").returncode == 0
 
@@ -63,42 +43,28 @@ def test_firecracker_end_to_end(kvm_host: KvmHost) -> None:
                           "git -C /root/clone apply && cat /root/clone/a.txt /root/clone/b.txt")
     assert applied.stdout == "one\ntwo\nnew\n"
 
-    _ok(kvm_host, "vm", "stop", "fc")
-    assert "stopped" in _ok(kvm_host, "vm", "show", "fc")
+    inner_ok(kvm_host, "vm", "stop", "fc")
+    assert "stopped" in inner_ok(kvm_host, "vm", "show", "fc")
     # Ctrl-Alt-Del reached the guest: systemd shut down and the kernel rebooted (reboot=k ends Firecracker).
     fc_dir = kvm_host.sh("BANGER_HOME=/root/inner /opt/banger/bin/banger vm show fc --json | "
                          "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"vm_dir\"])'").stdout.strip()
     console = kvm_host.sh(f"tail -n 30 {fc_dir}/console.log").stdout
     assert "reboot: Restarting system" in console or "Reached target" in console, console
-    _ok(kvm_host, "vm", "start", "fc")
+    inner_ok(kvm_host, "vm", "start", "fc")
     assert kvm_host.banger("vm", "exec", "fc", "--", "true").returncode == 0
-    _ok(kvm_host, "vm", "delete", "fc", "ws")
-    _nothing_left(kvm_host)
+    inner_ok(kvm_host, "vm", "delete", "fc", "ws")
+    assert_nothing_left(kvm_host)
 
 
 def test_qemu_with_kvm_end_to_end(kvm_host: KvmHost) -> None:
     ran = kvm_host.banger("vm", "run", "--runtime", "qemu", "--rm", "--", "sh", "-c", "exit 7")
     assert ran.returncode == 7, ran.stderr
     assert "runtime qemu with KVM" in ran.stderr, ran.stderr
-    _ok(kvm_host, "vm", "create", "--runtime", "qemu", "--name", "qk")
+    inner_ok(kvm_host, "vm", "create", "--runtime", "qemu", "--name", "qk")
     cmdline = kvm_host.sh("tr '\\0' ' ' < /proc/$(pgrep -f 'qemu-system-x86_64 -name qk' | head -1)/cmdline").stdout
     assert "-accel kvm" in cmdline, cmdline
-    _ok(kvm_host, "vm", "stop", "qk")
-    _ok(kvm_host, "vm", "start", "qk")
+    inner_ok(kvm_host, "vm", "stop", "qk")
+    inner_ok(kvm_host, "vm", "start", "qk")
     assert kvm_host.banger("vm", "exec", "qk", "--", "true").returncode == 0
-    _ok(kvm_host, "vm", "delete", "qk")
-    _nothing_left(kvm_host)
-
-
-BOOTS = int(os.environ.get("BANGER_NESTED_BOOTS", "2"))
-
-
-def test_firecracker_boots_in_a_row(kvm_host: KvmHost) -> None:
-    times = []
-    for i in range(BOOTS):
-        out = kvm_host.banger("vm", "run", "--rm", "--", "true")
-        assert out.returncode == 0, f"boot {i + 1} of {BOOTS} failed:\n{out.stderr}\n{kvm_host.diagnostics()}"
-        times.append(out.seconds)
-    print(f"vm run --rm -- true x{BOOTS} under nested Firecracker: median {statistics.median(times):.1f}s, "
-          f"min {min(times):.1f}s, max {max(times):.1f}s ({', '.join(f'{t:.1f}' for t in times)})")
-    _nothing_left(kvm_host)
+    inner_ok(kvm_host, "vm", "delete", "qk")
+    assert_nothing_left(kvm_host)

@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from banger.config import Config
 from banger.daemon import templates
 from banger.daemon.vm_handles import WorkDisk, write_root_disk
+from banger.errors import HostError
 from banger.host.storage import RootDisk
 
 
@@ -25,7 +28,8 @@ def fake_template(svc: templates.TemplateService, tmp_path: Path, name: str, **k
     kernel_dir.mkdir(exist_ok=True)
     key = templates.TemplateKey(image=name, image_dir=str(image_dir), image_rootfs_sha256="abc", kernel="k",
                                 kernel_dir=str(kernel_dir), vcpu=2, memory_mib=512, disk_size=1 << 30,
-                                runtime="qemu", accel="tcg", vmm=templates.qemu_version("qemu-system-x86_64"),
+                                runtime="qemu", accel="tcg",
+                                vmm=asyncio.run(templates.qemu_version("qemu-system-x86_64")),
                                 agent=svc._agent, config="c")
     key = templates.TemplateKey(**{**key.__dict__, **key_changes})
     path = svc.dir / key.digest
@@ -73,3 +77,15 @@ def test_a_claimed_template_is_not_pruned(tmp_path: Path) -> None:
     assert asyncio.run(svc.prune(everything=True)) == [] and path.exists()
     svc.release(path.name)
     assert asyncio.run(svc.prune(everything=True)) == [path.name] and not path.exists()
+
+
+def test_a_qemu_that_does_not_answer_is_a_host_error(tmp_path: Path, monkeypatch: Any) -> None:
+    # A create whose template key could not be made boots cold with a note (BangerError), where a raw
+    # TimeoutExpired was an internal error that failed the create (seen in the nested tier).
+    slow = tmp_path / "qemu-slow"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(templates, "VERSION_TIMEOUT", 0.5)
+    with pytest.raises(HostError, match="did not answer within 0.5s"):
+        asyncio.run(templates.qemu_version(str(slow)))
+    assert asyncio.run(templates.qemu_version("qemu-system-x86_64")).startswith("QEMU emulator version")

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,10 +39,11 @@ from banger.daemon.locks import KeyedLock
 from banger.daemon.network import NetworkService
 from banger.daemon.vm_handles import DISKS, read_work_disk
 from banger.daemon.vm_lifecycle import Lifecycle, workspace_slot
-from banger.errors import GuestError, HostError
+from banger.errors import GuestError, HostError, OperationTimeout
 from banger.files import write_atomic
 from banger.guest import ssh
 from banger.guest.agent import AgentLink
+from banger.host import run as host_run
 from banger.host import storage
 from banger.host.qemu import QemuVMM
 from banger.host.vmm import Disk, Handle, LaunchSpec
@@ -111,13 +111,19 @@ def _with_memory(spec: LaunchSpec, memory: Path, *, shared: bool, restore_from: 
     return dataclasses.replace(spec, memory_file=memory, memory_shared=shared, restore_from=restore_from)
 
 
-def qemu_version(binary: str) -> str:
+# QEMU's first start on a cold page cache loads an 18 MB binary and ~50 libraries: inside a nested KVM host
+# under TCG that took over 10 s (seen in CI: a `--version` bounded at 10 s failed the whole create).
+VERSION_TIMEOUT = 120.0
+
+
+async def qemu_version(binary: str) -> str:
     """``qemu-system-x86_64 --version``'s first line (part of the key: device state is version-bound)."""
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
-    except OSError as exc:
-        raise HostError(f"cannot run {binary}: {exc}") from exc
-    return out.stdout.splitlines()[0] if out.stdout else binary
+        out = await host_run.run([binary, "--version"], check=False, timeout=VERSION_TIMEOUT)
+    except OperationTimeout as exc:
+        raise HostError(f"{binary} --version did not answer within {VERSION_TIMEOUT:g}s",
+                        hint="the host is overloaded or its disk is very slow; try again, or pass --cold") from exc
+    return out.out.splitlines()[0] if out.out else binary
 
 
 class TemplateService:
@@ -136,7 +142,7 @@ class TemplateService:
 
     async def key(self, image: Image, kernel: Kernel, spec: VMSpec, accel: str) -> TemplateKey:
         if self._qemu_version is None:
-            self._qemu_version = qemu_version(self.config.qemu_bin)
+            self._qemu_version = await qemu_version(self.config.qemu_bin)
         return TemplateKey(
             image=f"{image.name}@{image.created_at.isoformat()}", image_dir=image.dir,
             image_rootfs_sha256=str(image.manifest.get("rootfs_sha256", "")),
@@ -293,6 +299,8 @@ class TemplateService:
         for entry in self.entries():
             if entry["vms"]:
                 continue
+            if self._qemu_version is None and not everything:
+                self._qemu_version = await qemu_version(self.config.qemu_bin)
             if not everything and entry["complete"] and self._current(entry["id"]):
                 continue
             async with self.lock.hold(entry["id"]):
@@ -310,8 +318,6 @@ class TemplateService:
             key = json.loads((self.dir / digest / META).read_text())["key"]
         except (OSError, ValueError, KeyError):
             return False
-        if self._qemu_version is None:
-            self._qemu_version = qemu_version(self.config.qemu_bin)
         try:  # the image is still the one the template booted (not deleted, not rebuilt under its name)
             manifest = json.loads((Path(key.get("image_dir", "/nonexistent")) / "manifest.json").read_text())
         except (OSError, ValueError):
