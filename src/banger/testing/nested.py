@@ -41,7 +41,7 @@ KVM_HOST_VCPU = 1
 # KVM host's one (emulated) vCPU, and about one boot in four hung: an RCU stall with a timer lost on one
 # vCPU, i.e. cross-vCPU IPIs and timers that QEMU 7.2's SVM emulation delivers late or not at all. With
 # one there is no such traffic: ten boots in a row passed (2026-12-02, median 90 s, 63-133 s, on a busy
-# machine). One failure mode is still open, with a known cause: see NESTED_KERNEL_ARGS.
+# machine).
 NESTED_VCPU = int(os.environ.get("BANGER_NESTED_VCPU", "1"))
 KVM_HOST_MEMORY_MIB = 4096
 KVM_HOST_DISK = "16G"
@@ -54,11 +54,10 @@ INNER_BANGER = "/opt/banger/bin/banger"
 # drop the one-instruction interrupt shadow of `sti; hlt` across a VM exit, and a tickless vCPU that
 # halts with an interrupt already delivered then sleeps until a timer that may never come.
 KVM_HOST_KERNEL_ARGS = " ".join(["tsc=reliable", *(f"kvm_amd.{k}={v}" for k, v in KVM_AMD_OPTIONS.items())])
-# A nested boot takes a minute or more of wall time, and udev has more than once not announced the work
-# disk in time (/root not mounted, so no authorized key, so no SSH). The default device timeout goes to
-# five minutes here, but it does NOT cover /dev/vdb: the golden image's fstab gives that mount its own
-# x-systemd.device-timeout=30s, which wins (seen 2026-12-02: "Timed out waiting for device /dev/vdb"
-# about 45 s into a one-vCPU nested boot). Raising that 30 s, for nested boots or for all, is the fix.
+# A nested boot takes a minute or more of wall time, and udev has more than once not announced a disk in
+# time. The default device timeout goes to five minutes here; /dev/vdb (/root) has its own in the golden
+# fstab, which wins over this one and is five minutes too (it was 30 s: "Timed out waiting for device
+# /dev/vdb" about 45 s into a one-vCPU nested boot, so no /root, no authorized key, no SSH).
 NESTED_KERNEL_ARGS = "nohz=off systemd.default_device_timeout_sec=300"
 OUTER_CONFIG = f"""\
 runtime = "qemu"
