@@ -1,8 +1,9 @@
 """Nested Firecracker boots in a row, all of which must succeed (no retry): ten by default.
 
 Each nested boot takes 60-130 s under TCG, so this is scripts/test-nested.sh's (BANGER_NESTED_BOOTS=N sets
-how many) and not part of every run: the whole suite's nested tier already boots Firecracker five times
-in a row in test_nested_kvm.py (probe, create, two `vm run`s, start), which is what fits its time budget.
+how many) and not part of every run: the whole suite's nested tier already boots four Firecracker guests
+in a row in test_nested_kvm.py (create, two `vm run`s, start; after the boot probe's), which is what fits
+its time budget.
 """
 
 from __future__ import annotations
