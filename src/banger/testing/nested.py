@@ -261,6 +261,7 @@ class KvmHost:
 
 
 def inner_ok(host: KvmHost, *args: str, timeout: float = 900) -> str:
+    """(For tests.) ``banger ARGS`` in the KVM host, which must exit 0; its output."""
     out = host.banger(*args, timeout=timeout)
     print(f"  inner banger {' '.join(args)}: exit {out.returncode} in {out.seconds:.1f}s")
     assert out.returncode == 0, f"inner banger {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
@@ -271,8 +272,8 @@ def assert_nothing_left(host: KvmHost) -> None:
     """(For tests.) After the inner daemon stops: no VMM, TAP, loop or dm device, VM directory of banger's."""
     inner_ok(host, "daemon", "stop")
     left = host.sh("pgrep -a -x firecracker; pgrep -a -x qemu-system-x86; ip -o link | grep -o 'bgt-[0-9a-f]*';"
-                   " losetup -a | grep /root/inner; dmsetup ls 2>/dev/null | grep banger-;"
-                   " ls /root/inner/state/vms; ls /root/inner/state-jail/firecracker 2>/dev/null", check=False)
+                   f" losetup -a | grep {INNER_HOME}; dmsetup ls 2>/dev/null | grep banger-;"
+                   f" ls {INNER_HOME}/state/vms; ls {INNER_HOME}/state-jail/firecracker 2>/dev/null", check=False)
     assert left.stdout.strip() == "", f"left in the KVM host:\n{left.stdout}"
 
 
