@@ -5,6 +5,7 @@ frame handling, exec, streaming, backpressure and cleanup; the VM tests cover th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -158,3 +159,64 @@ async def test_a_command_that_never_stops_printing_can_still_be_stopped(link: ag
         await link.exec(["yes"], timeout=1, limit=1 << 16)
     assert time.monotonic() - started < 10, "the kill did not get through while output streamed"
     assert (await link.ping()).startswith("banger-agent ")
+
+
+async def _lossy_relay(agent_side: socket.socket,
+                       drop_pings: int) -> tuple[agent.AgentLink, list[int], asyncio.Task[None]]:
+    """An AgentLink to the real agent through a relay that loses the first ``drop_pings`` PING frames,
+    the way a clone's port can lose one right after a restore (that loss itself cannot be provoked at
+    will, so the relay stands in for it); the list counts the pings the relay saw."""
+    ours, relay_side = socket.socketpair()
+    seen: list[int] = []
+
+    async def relay() -> None:
+        a_r, a_w = await asyncio.open_connection(sock=relay_side)
+        g_r, g_w = await asyncio.open_connection(sock=agent_side)
+
+        async def to_agent() -> None:
+            while True:
+                head = await a_r.readexactly(9)
+                length, _chan, kind = struct.unpack(">IIB", head)
+                body = await a_r.readexactly(length)
+                if kind == agent.PING:
+                    seen.append(1)
+                    if len(seen) <= drop_pings:
+                        continue
+                g_w.write(head + body)
+                await g_w.drain()
+
+        async def to_host() -> None:
+            while data := await g_r.read(65536):
+                a_w.write(data)
+                await a_w.drain()
+
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await asyncio.gather(to_agent(), to_host())
+
+    task = asyncio.create_task(relay())
+    return await agent.AgentLink.over(ours), seen, task
+
+
+async def test_a_lost_ping_is_sent_again(running: Running) -> None:
+    link, seen, relay = await _lossy_relay(running.sock, drop_pings=2)
+    try:
+        with pytest.raises(OperationTimeout):  # one ping, no retry: the loss is felt
+            await link.ping(within=0.5)
+        assert (await link.ping(within=5, every=0.3)).startswith("banger-agent ")
+        assert len(seen) == 3  # the second ping was lost too and the third was answered
+    finally:
+        await link.close()
+        relay.cancel()
+
+
+async def test_pings_that_are_never_answered_time_out_naming_the_retries(running: Running) -> None:
+    link, seen, relay = await _lossy_relay(running.sock, drop_pings=1000)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationTimeout, match="pinged every 0.2s"):
+            await link.ping(within=1.0, every=0.2)
+        assert 0.9 < time.monotonic() - started < 3
+        assert len(seen) >= 4
+    finally:
+        await link.close()
+        relay.cancel()

@@ -56,6 +56,7 @@ log = logging.getLogger("banger.daemon.templates")
 
 MEMORY, STATE, ROOT, WORK, CONFIG, META = "memory", "state", "root.qcow2", "work.ext4", "config.ext4", "template.json"
 FORMAT = 2  # bump when the template layout or the clone procedure changes
+DETACH_SETTLE = 0.5  # seconds between closing the template's agent link and pausing it
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,9 @@ class TemplateService:
             handle = await driver.launch(_with_memory(spec, stage / MEMORY, shared=True, restore_from=None))
             undo.push_async_callback(driver.kill, handle)
             await self._wait_settled(handle, driver, reporter)
+            # The agent link was just closed: give the guest time to handle that port event before it is
+            # paused, so clones do not wake up with it still pending (see guest.agent.REPING).
+            await asyncio.sleep(DETACH_SETTLE)
             reporter.stage("template: saving the snapshot")
             await driver.save_snapshot(handle, stage / STATE)
             await driver.kill(handle)

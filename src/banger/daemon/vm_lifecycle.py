@@ -30,7 +30,7 @@ from banger.daemon.vm_handles import (
 )
 from banger.errors import BangerError, GuestError, HostError, OperationTimeout
 from banger.guest import provision, rehome, ssh
-from banger.guest.agent import AgentLink
+from banger.guest.agent import REPING, AgentLink
 from banger.guest.provision import FileToWrite
 from banger.host import ext4
 from banger.host.vmm import VMM, Disk, Handle, LaunchSpec
@@ -237,7 +237,7 @@ class Lifecycle:
             reporter.stage("re-homing the clone")
             socket, vsock = driver.agent_socket(handle)
             async with await AgentLink.open(socket, vsock=vsock) as link:
-                await link.ping(within=10)
+                await link.ping(within=10, every=REPING)
                 answered = time.monotonic() - started
                 await rehome.rehome(link, identity, host_key[0])
                 if vm.workspace is not None and vm.workspace.offline:

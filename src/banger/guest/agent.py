@@ -27,6 +27,11 @@ HEADER = struct.Struct(">IIB")
 MAX_PAYLOAD = 1 << 20
 STDIN_CHUNK = 256 << 10
 VSOCK_PORT = 52  # banger-agent.c listens here under Firecracker
+# How long a clone's first ping waits before it is sent again. A clone wakes with its template's guest
+# state, which can include a virtio-serial event the guest had not handled when the template was paused;
+# a ping that arrives around it has gone unanswered (once in several CI runs), and one more ping costs
+# nothing. The agent also re-reads its port every half second (banger-agent.c) for the same reason.
+REPING = 1.0
 
 EXEC, STDIN, SIGNAL, SETTIME, RESEED, PING = 1, 2, 3, 4, 5, 6
 STDOUT, STDERR, EXIT, ERROR, OK, ACK = 16, 17, 18, 19, 20, 21
@@ -171,9 +176,21 @@ class AgentLink:
 
     # --- calls --------------------------------------------------------------------------------------
 
-    async def ping(self, within: float = 10.0) -> str:
-        """The agent's version line, once it answers."""
-        return await self._call(PING, within=within)
+    async def ping(self, within: float = 10.0, *, every: float | None = None) -> str:
+        """The agent's version line, once it answers; with ``every``, a ping unanswered after that many
+        seconds is sent again (a clone just restored from a snapshot may drop the first one, see
+        :data:`REPING`) until ``within`` is over."""
+        if every is None:
+            return await self._call(PING, within=within)
+        deadline = time.monotonic() + within
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self._call(PING, within=max(0.05, min(every, left)))
+            except OperationTimeout:
+                if time.monotonic() >= deadline:
+                    raise OperationTimeout(f"the guest agent at {self.what} did not answer within {within:g}s "
+                                           f"(pinged every {every:g}s)") from None
 
     async def set_time(self, ns: int | None = None) -> None:
         """Set the guest's wall clock (to the host's now by default)."""

@@ -46,6 +46,7 @@
 #define MAX_CHANNELS 64
 #define MAX_FIELDS 4096
 #define DRAIN_MS 500 /* output still read after a command exits, for what it left in its pipes */
+#define RESCAN_MS 500 /* the virtio port is read at least this often while a host is attached */
 
 enum { K_EXEC = 1, K_STDIN, K_SIGNAL, K_SETTIME, K_RESEED, K_PING };
 enum { K_STDOUT = 16, K_STDERR, K_EXIT, K_ERROR, K_OK, K_ACK };
@@ -439,6 +440,10 @@ int main(int argc, char **argv) {
             else if (r < 0 && errno == EAGAIN) connected = 1;
             if (!connected) timeout = 50;
         }
+        /* A clone wakes up with its template's interrupt state; should a wake-up for the port be lost
+         * there, its data would wait in the ring forever. A read takes buffers off the ring itself, so
+         * the link is also read every RESCAN_MS whatever poll says. */
+        if (serial && connected && (timeout < 0 || timeout > RESCAN_MS)) timeout = RESCAN_MS;
         pfds[np].fd = sfd; pfds[np].events = POLLIN; owner[np++] = NULL;
         if (!serial && !connected) { pfds[np].fd = listen_fd; pfds[np].events = POLLIN; owner[np++] = NULL; }
         if (connected) { pfds[np].fd = link_fd; pfds[np].events = POLLIN; owner[np++] = NULL; }
@@ -450,7 +455,9 @@ int main(int argc, char **argv) {
             if (c->pending) { pfds[np].fd = c->in; pfds[np].events = POLLOUT; owner[np++] = c; }
             if (c->exited && (c->out >= 0 || c->err >= 0)) timeout = DRAIN_MS / 5;
         }
-        if (poll(pfds, (nfds_t)np, timeout) < 0 && errno != EINTR) { say("poll failed"); return 1; }
+        int ready = poll(pfds, (nfds_t)np, timeout);
+        if (ready < 0 && errno != EINTR) { say("poll failed"); return 1; }
+        if (ready == 0 && serial && connected) read_link();
         for (int i = 0; i < np; i++) {
             if (!pfds[i].revents) continue;
             struct channel *c = owner[i];
