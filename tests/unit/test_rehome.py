@@ -58,3 +58,38 @@ def test_hostile_values_stay_single_words() -> None:
                 {"prefixlen": 99}):
         with pytest.raises(ValueError):
             Identity(**{**ID.__dict__, **bad})
+
+
+@pytest.mark.parametrize("session_binary", [None, "usr/lib/openssh/sshd-session", "usr/libexec/sshd-session"])
+def test_sshd_is_sent_sighup_only_where_the_listener_holds_the_keys(tmp_path: Path,
+                                                                    session_binary: str | None) -> None:
+    # OpenSSH <= 9.7 (no sshd-session) reads the key per connection: its listener is left alone. From 9.8
+    # the listener hands its keys to sshd-session and must re-exec. A real process stands in for sshd.
+    hup = tmp_path / "got-hup"
+    sshd = subprocess.Popen(["sh", "-c", f"trap 'echo hup > {hup}; exit 0' HUP; while :; do sleep 0.05; done"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run/sshd.pid").write_text(f"{sshd.pid}\n")
+        if session_binary:
+            (tmp_path / session_binary).parent.mkdir(parents=True)
+            (tmp_path / session_binary).write_bytes(b"")
+        (tmp_path / "etc/ssh").mkdir(parents=True)
+        (tmp_path / "etc/hosts").write_text("127.0.0.1\tlocalhost\n")
+        (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin/ip").write_text("#!/bin/sh\ncat > /dev/null\n")
+        (tmp_path / "bin/ip").chmod(0o755)
+        text = rehome_script(ID, "f" * 32)
+        for path in ("/etc/", "/proc/", "/run/", "/usr/"):
+            text = text.replace(f" {path}", f" {tmp_path}{path}").replace(f"<{path}", f"<{tmp_path}{path}")
+        subprocess.run(["sh", "-c", text], input=b"key\n", env={"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}, check=True)
+        if session_binary:
+            sshd.wait(timeout=5)
+            assert hup.read_text() == "hup\n"
+        else:
+            with pytest.raises(subprocess.TimeoutExpired):
+                sshd.wait(timeout=0.5)
+            assert not hup.exists()
+    finally:
+        sshd.kill()
+        sshd.wait()

@@ -244,8 +244,9 @@ class Lifecycle:
                     reporter.stage("mounting the workspace")
                     await mount_workspace(link, vm, spec)
             secs = time.monotonic() - started
-            # sshd is re-executing with the clone's key (a few hundred ms under emulation): whoever wants
-            # SSH waits for it (connect_info), the agent path does not.
+            # Where sshd must re-exec to serve the clone's key (OpenSSH 9.8+, see guest.rehome) it takes a
+            # few hundred ms under emulation: whoever wants SSH waits for port 22 (connect_info), the agent
+            # path does not.
             self.ssh_pending.add(vm.id)
             reporter.log(f"clone re-homed {secs:.2f}s after launch (restored {restored:.2f}s, "
                          f"agent answered {answered:.2f}s)")

@@ -352,9 +352,10 @@ class VMService:
         return vm
 
     async def sshd_ready(self, vm: VM) -> None:
-        """Return once a just-cloned VM's sshd greets again (at once for any other VM). Re-homing wrote the
-        clone's key and sent sshd SIGHUP before it returned, so the listener that greets is the re-executed
-        one; a client that still met the old key would be refused by the pinned known_hosts, not fooled."""
+        """Return once a just-cloned VM's sshd greets (at once for any other VM). Re-homing wrote the clone's
+        key before it returned, and an sshd that only loads keys when it executes got SIGHUP then, so the
+        listener that greets serves the clone's key; a client that still met the old one would be refused
+        by the pinned known_hosts, not fooled."""
         if vm.id not in self.lifecycle.ssh_pending:
             return
         handles = self.lifecycle.running.get(vm.id)
