@@ -71,8 +71,11 @@ def which(tool: str) -> str | None:
         return found
     for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
         cand = Path(d) / tool
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return str(cand)
+        try:
+            if cand.is_file() and os.access(cand, os.X_OK):
+                return str(cand)
+        except OSError:  # a directory on the way this user may not search: not found, not a crash
+            continue
     return None
 
 
